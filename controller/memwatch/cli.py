@@ -1,0 +1,98 @@
+"""The `memwatch` command: `run` (cluster controller), `agent` (node agent), `lint` (manifests)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Mapping, Sequence
+
+from memwatch import __version__
+from memwatch.settings import AGENT, COMMON, RUN, Option, Settings, add_options
+
+
+def _parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="memwatch",
+        description="Evict Kubernetes pods that pass their memory-watch limit (memwatch.io/limit), "
+                    "before the kernel OOM killer fires.")
+    parser.add_argument("--version", action="version", version=f"memwatch {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    fmt = argparse.ArgumentDefaultsHelpFormatter
+
+    def options(p: argparse.ArgumentParser, table: Sequence[Option]) -> None:
+        add_options(p, table, env)
+
+    run = sub.add_parser("run", formatter_class=fmt, help="run the cluster controller",
+                         description="Watch annotated pods cluster-wide, read their memory once per sweep "
+                                     "(metrics API or kubelet), and evict or delete those over their limit.")
+    options(run, COMMON)
+    options(run, RUN)
+    agent = sub.add_parser("agent", formatter_class=fmt, help="run the node agent (sub-second, one per node)",
+                           description="Watch the annotated pods on this node, read their cgroups every "
+                                       "--sample-period, and act before the kernel OOM killer does.")
+    options(agent, [o for o in COMMON])
+    options(agent, AGENT)
+    lint = sub.add_parser("lint", help="validate memwatch annotations in Kubernetes manifests",
+                          description="Print the resolved policy of every annotated pod or pod template, or a "
+                                      "precise error. Exit 0 when all are valid, 1 otherwise.")
+    lint.add_argument("files", nargs="+", metavar="FILE", help="YAML manifests ('-' for stdin)")
+    return parser
+
+
+def _logging(verbose: bool) -> None:
+    import kopf
+
+    kopf.configure(verbose=verbose, log_format=kopf.LogFormat.PLAIN if os.environ.get("MEMWATCH_PLAIN_LOGS")
+                   else kopf.LogFormat.FULL)
+    logging.getLogger("memwatch").setLevel(logging.DEBUG if verbose else logging.INFO)
+    logging.getLogger("urllib3").setLevel(logging.WARNING)
+
+
+def _serve(settings: Settings, engine: object) -> int:
+    """Run an engine under kopf: CLI loop, logging, liveness, signals."""
+    import kopf
+
+    import memwatch.handlers  # noqa: F401  (registers the handlers)
+
+    if settings.kubeconfig:
+        os.environ["KUBECONFIG"] = settings.kubeconfig  # kopf's own login reads it
+    kopf.run(clusterwide=True, standalone=True, liveness_endpoint=settings.liveness or None,
+             memo=kopf.Memo(engine=engine))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> int:
+    env = os.environ if env is None else env
+    parser = _parser(env)
+    args = parser.parse_args(argv)
+    if args.command == "lint":
+        from memwatch import lint
+
+        return lint.main(args.files)
+    try:
+        settings = Settings.from_args(args, env)
+    except ValueError as exc:
+        parser.error(str(exc))
+    _logging(settings.verbose)
+    log = logging.getLogger("memwatch")
+    try:
+        if args.command == "run":
+            from memwatch.controller import Controller
+
+            engine: object = Controller(settings)
+        else:
+            from memwatch.agent import Agent
+
+            if not settings.node_name:
+                parser.error("memwatch agent needs --node-name or $NODE_NAME (the downward API's spec.nodeName)")
+            engine = Agent(settings)
+    except Exception as exc:  # config errors: say what is wrong, exit non-zero, start nothing
+        log.error("cannot start: %s", exc)
+        return 1
+    return _serve(settings, engine)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

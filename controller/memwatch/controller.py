@@ -1,0 +1,113 @@
+"""The cluster controller, assembled: watchers → index → sweep → enforcer, plus leader election.
+
+Plain threads, no asyncio: the official client is synchronous and must never block kopf's event
+loop. kopf runs the process (CLI, logging, liveness, startup/cleanup) through :mod:`memwatch.handlers`.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import time
+from typing import Any
+
+from memwatch.enforcer import Enforcer, EnforcerSettings
+from memwatch.kube import ApiError, Kube, load_client
+from memwatch.leader import LeaderElector
+from memwatch.observability import Metrics, Recorder
+from memwatch.podindex import PodIndex
+from memwatch.settings import Settings
+from memwatch.sources import UsageSource, make_source
+from memwatch.sweep import Sweeper
+from memwatch.watcher import PodWatcher
+
+log = logging.getLogger("memwatch")
+
+
+def enforcer_settings(settings: Settings) -> EnforcerSettings:
+    return EnforcerSettings(dry_run=settings.dry_run, escalation_timeout=settings.escalation_timeout,
+                            max_per_minute=settings.max_per_minute,
+                            max_per_namespace_per_minute=settings.max_per_namespace_per_minute)
+
+
+class Controller:
+    """`memwatch run`: one in-memory index, one periodic sweep, one bulk usage read per sweep."""
+
+    def __init__(self, settings: Settings, kube: Kube | None = None, source: UsageSource | None = None,
+                 metrics: Metrics | None = None) -> None:
+        self.settings = settings
+        self.kube = kube or Kube(load_client(settings.kubeconfig))
+        self.metrics = metrics or Metrics()
+        identity = settings.pod_name or socket.gethostname()
+        self.recorder = Recorder(self.kube, self.metrics, host=identity)
+        self.index = PodIndex(settings.defaults, settings.protections.reason)
+        scopes: list[str | None] = list(settings.namespaces) or [None]
+        self.watchers = [PodWatcher(self.kube, self.index, ns, settings.label_selector) for ns in scopes]
+        self.source = source or make_source(settings.source, self.kube, settings.namespaces, settings.label_selector)
+        self.enforcer = Enforcer(self.kube, self.recorder, enforcer_settings(settings))
+        self.leader: LeaderElector | None = None
+        if settings.leader_elect:
+            if not settings.leader_election_namespace:
+                raise ValueError("--leader-elect needs --leader-election-namespace or $POD_NAMESPACE")
+            self.leader = LeaderElector(self.kube, settings.leader_election_namespace,
+                                        settings.leader_election_name, identity,
+                                        on_change=lambda v: self.metrics.leader.set(int(v)))
+        else:
+            self.metrics.leader.set(1)
+        self.sweeper = Sweeper(self.index, self.source, self.enforcer, self.recorder,
+                               interval=settings.interval, max_sample_age=settings.max_sample_age,
+                               is_leader=self._may_act)
+        self._history_loaded = False
+        self.started = time.monotonic()
+        self.first_sweep: float | None = None
+
+    def _may_act(self) -> bool:
+        """Sweep only as the leader, once every watch has listed and memwatch's history is known."""
+        if self.leader is not None and not self.leader.is_leader():
+            return False
+        if not all(w.synced.is_set() for w in self.watchers):
+            return False
+        if not self._history_loaded:
+            try:
+                n = self.recorder.load_history(self.settings.namespaces)
+                log.info("loaded %d earlier memwatch Events (so a restart does not act twice)", n)
+                self._history_loaded = True
+            except ApiError as exc:
+                log.warning("cannot read earlier memwatch Events yet (%s); not acting until I can", exc)
+                return False
+        if self.first_sweep is None:
+            self.first_sweep = time.monotonic() - self.started
+            log.info("ready: first sweep %.2fs after start, watched=%d source=%s interval=%.1fs dry_run=%s",
+                     self.first_sweep, len(self.index), self.settings.source, self.settings.interval,
+                     self.settings.dry_run)
+        return True
+
+    def start(self) -> None:
+        self.metrics.serve(self.settings.metrics_port)
+        for w in self.watchers:
+            w.start()
+        if self.leader is not None:
+            self.leader.start()
+        self.sweeper.start()
+
+    def stop(self) -> None:
+        self.sweeper.stop()
+        for w in self.watchers:
+            w.stop()
+        if self.leader is not None:
+            self.leader.stop()
+
+    def health(self) -> dict[str, Any]:
+        """For kopf's liveness probe. Raises when the sweep loop is stuck."""
+        beat = self.sweeper.heartbeat
+        stalled = time.monotonic() - beat
+        if stalled > 3 * self.settings.interval + 60:
+            raise RuntimeError(f"sweep loop stalled for {stalled:.0f}s")
+        last = self.sweeper.last
+        return {
+            "watched": len(self.index),
+            "synced": all(w.synced.is_set() for w in self.watchers),
+            "leader": self.leader is None or self.leader.is_leader(),
+            "sweeps": self.sweeper.sweeps,
+            "last_sweep_seconds": None if last is None else round(last.duration, 4),
+        }

@@ -1,0 +1,42 @@
+"""kopf wiring: thin handlers only. kopf runs the process; memwatch's engine does the work.
+
+memwatch uses kopf for what it is good at (the CLI run loop, startup settings, logging, the
+liveness endpoint, graceful shutdown) and deliberately registers no resource handlers on pods:
+kopf's create/update/resume handlers write a last-handled annotation on every pod, timers and
+daemons add finalizers, and its pod index does not scale (see :mod:`memwatch.watcher`).
+memwatch never writes to the pods it watches except to evict or delete them.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import kopf
+
+from memwatch.controller import Controller
+
+
+@kopf.on.startup()
+def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: logging.Logger, **_: Any) -> None:
+    """Tune kopf so that it writes nothing, then start memwatch's engine (watchers and sweep)."""
+    settings.posting.enabled = False  # kopf must not post its own Events; memwatch posts on pods itself
+    settings.scanning.disabled = True  # no namespace/CRD scanning: memwatch watches pods itself
+    settings.peering.standalone = True  # HA is memwatch's Lease (--leader-elect), not kopf peering
+    engine: Controller | Any = memo["engine"]
+    engine.start()
+    logger.info("memwatch started")
+
+
+@kopf.on.cleanup()
+def cleanup(memo: kopf.Memo, logger: logging.Logger, **_: Any) -> None:
+    """Stop the engine's threads on SIGTERM."""
+    memo["engine"].stop()
+    logger.info("memwatch stopped")
+
+
+@kopf.on.probe(id="memwatch")
+def probe(memo: kopf.Memo, **_: Any) -> dict[str, Any]:
+    """Liveness: fails (HTTP 500) when the sweep loop is stuck, so the kubelet restarts memwatch."""
+    health: dict[str, Any] = memo["engine"].health()
+    return health

@@ -1,0 +1,258 @@
+"""The one module that talks to the Kubernetes API.
+
+Everything goes through :class:`Kube`: raw JSON in and out (typed models cost ~20x the time and
+memory on large lists), paged LISTs, WATCH streams with bookmarks, and the few writes memwatch
+makes: evictions, deletions, Events and its leader Lease. Only :mod:`memwatch.enforcer` calls the
+pod writes; an architecture test checks that no other module does.
+
+Every request is counted by (verb, resource) so tests and benchmarks can prove that requests per
+sweep do not grow with the number of pods.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import json
+import logging
+import threading
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote
+
+import urllib3
+from kubernetes import client as k8s_client
+from kubernetes import config as k8s_config
+
+log = logging.getLogger("memwatch.kube")
+
+
+class ApiError(Exception):
+    """A failed API request, with the HTTP status (0 when the server could not be reached)."""
+
+    def __init__(self, status: int, reason: str, body: str = "") -> None:
+        self.status, self.reason, self.body = status, reason, body
+        detail = body
+        with contextlib.suppress(ValueError, AttributeError):
+            detail = json.loads(body).get("message", body)
+        super().__init__(f"HTTP {status} {reason}: {detail}".strip()[:500])
+
+
+class Gone(ApiError):
+    """410: a watch's resourceVersion is too old; LIST again."""
+
+
+@dataclass(frozen=True, slots=True)
+class WriteResult:
+    """Outcome of an eviction or deletion."""
+
+    ok: bool
+    status: int
+    message: str = ""
+
+    @property
+    def blocked(self) -> bool:  # a PodDisruptionBudget refused the eviction
+        return self.status == 429
+
+    @property
+    def gone(self) -> bool:  # the pod no longer exists: nothing left to do
+        return self.status == 404
+
+
+def load_client(kubeconfig: str | None = None, context: str | None = None) -> k8s_client.ApiClient:
+    """An ApiClient from an explicit kubeconfig, else in-cluster config, else the default kubeconfig."""
+    configuration = k8s_client.Configuration()
+    if kubeconfig:
+        k8s_config.load_kube_config(config_file=kubeconfig, context=context, client_configuration=configuration)
+    else:
+        try:
+            k8s_config.load_incluster_config(client_configuration=configuration)
+        except k8s_config.ConfigException:
+            k8s_config.load_kube_config(context=context, client_configuration=configuration)
+    return k8s_client.ApiClient(configuration)
+
+
+def _resource_of(path: str) -> str:
+    """A coarse resource name for request counting: `pods`, `pods/eviction`, `nodes/proxy`, …"""
+    parts = [p for p in path.split("?")[0].split("/") if p]
+    if "proxy" in parts:
+        return "nodes/proxy"
+    if "metrics.k8s.io" in parts:
+        return "metrics.k8s.io/pods"
+    skip = {"api", "apis", "v1", "v1beta1", "namespaces", "policy", "coordination.k8s.io"}
+    names = [p for p in parts if p not in skip]
+    kinds = ("pods", "events", "leases", "nodes", "eviction")
+    found = [p for p in names if p in kinds]
+    return "/".join(found) if found else (names[-1] if names else "/")
+
+
+class Kube:
+    """Thin raw-JSON client over the official client's configuration and connection pool."""
+
+    def __init__(self, api_client: k8s_client.ApiClient, timeout: float = 30.0) -> None:
+        self.api = api_client
+        self.timeout = timeout
+        self.requests: collections.Counter[tuple[str, str]] = collections.Counter()
+        self._lock = threading.Lock()
+        self._eviction_version: str | None = None
+
+    # -- plumbing ------------------------------------------------------------------------------
+    def _request(self, method: str, path: str, query: Mapping[str, Any] | None = None,
+                 body: Any = None, stream: bool = False, timeout: float | None = None,
+                 content_type: str = "application/json") -> urllib3.BaseHTTPResponse:
+        params = [(k, v) for k, v in (query or {}).items() if v is not None and v != ""]
+        headers = {"Accept": "application/json"}
+        if body is not None:
+            headers["Content-Type"] = content_type
+        method, url, headers, _, _ = self.api.param_serialize(
+            method, path, query_params=params, header_params=headers, auth_settings=["BearerToken"])
+        with self._lock:
+            self.requests[(method, _resource_of(path))] += 1
+        t = timeout if timeout is not None else self.timeout
+        try:
+            resp = self.api.rest_client.pool_manager.request(
+                method, url, headers=headers,
+                body=json.dumps(body) if body is not None else None,
+                preload_content=False,
+                timeout=urllib3.Timeout(connect=min(t, 10.0), read=t),
+                retries=False,
+            )
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            raise ApiError(0, "unreachable", str(exc)) from exc
+        if resp.status >= 400:
+            data = resp.read().decode("utf-8", "replace")
+            resp.release_conn()
+            cls = Gone if resp.status == 410 else ApiError
+            raise cls(resp.status, resp.reason or "", data)
+        if not stream:
+            resp.read()  # fully buffered; .data holds it
+            resp.release_conn()
+        return resp
+
+    def get_json(self, path: str, query: Mapping[str, Any] | None = None,
+                 timeout: float | None = None) -> Any:
+        """GET and decode JSON."""
+        resp = self._request("GET", path, query, timeout=timeout)
+        return json.loads(resp.data)
+
+    def request_count(self, verb: str | None = None, resource: str | None = None) -> int:
+        """How many requests were made, optionally of one verb and/or resource."""
+        with self._lock:
+            return sum(n for (v, r), n in self.requests.items()
+                       if (verb is None or v == verb) and (resource is None or r == resource))
+
+    # -- reads ---------------------------------------------------------------------------------
+    def has_api(self, group_version: str) -> bool:
+        """Whether the server serves ``group/version`` (discovery)."""
+        try:
+            self.get_json(f"/apis/{group_version}", timeout=10)
+            return True
+        except ApiError as exc:
+            if exc.status in (404, 503):
+                return False
+            raise
+
+    def list_pages(self, path: str, query: Mapping[str, Any] | None = None,
+                   limit: int = 500) -> Iterator[dict[str, Any]]:
+        """Paged LIST: yields each page (a decoded list object). The last has metadata.resourceVersion."""
+        q = dict(query or {})
+        q["limit"] = limit
+        while True:
+            page = self.get_json(path, q)
+            yield page
+            token = (page.get("metadata") or {}).get("continue")
+            if not token:
+                return
+            q["continue"] = token
+
+    def watch(self, path: str, resource_version: str, query: Mapping[str, Any] | None = None,
+              timeout_seconds: int = 300) -> Iterator[dict[str, Any]]:
+        """WATCH from ``resource_version`` with bookmarks; yields decoded watch events.
+
+        Raises :class:`Gone` when the version expired (also when it arrives as an ERROR event).
+        """
+        q = dict(query or {})
+        q.update(watch="true", resourceVersion=resource_version, allowWatchBookmarks="true",
+                 timeoutSeconds=timeout_seconds)
+        resp = self._request("GET", path, q, stream=True, timeout=timeout_seconds + 30)
+        buffer = b""
+        try:
+            for chunk in resp.stream(64 * 1024, decode_content=True):
+                buffer += chunk
+                while b"\n" in buffer:
+                    line, buffer = buffer.split(b"\n", 1)
+                    if not line.strip():
+                        continue
+                    event = json.loads(line)
+                    if event.get("type") == "ERROR":
+                        status = event.get("object") or {}
+                        code = int(status.get("code") or 0)
+                        if code == 410:
+                            raise Gone(410, "Gone", status.get("message", ""))
+                        raise ApiError(code, status.get("reason", "watch error"), status.get("message", ""))
+                    yield event
+        finally:
+            resp.release_conn()
+
+    # -- writes (callers: memwatch.enforcer and memwatch.leader only) ---------------------------
+    def eviction_version(self) -> str:
+        """`policy/v1` where served (1.22+), else `policy/v1beta1` (1.20, 1.21)."""
+        if self._eviction_version is None:
+            try:
+                self._eviction_version = "policy/v1" if self.has_api("policy/v1") else "policy/v1beta1"
+            except ApiError:
+                return "policy/v1"  # unknown for now: try the current API, ask again next time
+        return self._eviction_version
+
+    def _write(self, method: str, path: str, body: Any, query: Mapping[str, Any] | None = None,
+               content_type: str = "application/json") -> WriteResult:
+        try:
+            resp = self._request(method, path, query, body=body, content_type=content_type)
+            return WriteResult(True, resp.status)
+        except ApiError as exc:
+            return WriteResult(False, exc.status, str(exc))
+
+    def evict(self, namespace: str, name: str, uid: str, grace_period: int | None) -> WriteResult:
+        """POST an Eviction for the pod; 429 means a PodDisruptionBudget blocks it."""
+        version = self.eviction_version()
+        body: dict[str, Any] = {
+            "apiVersion": version, "kind": "Eviction",
+            "metadata": {"name": name, "namespace": namespace},
+            "deleteOptions": {"preconditions": {"uid": uid}},
+        }
+        if grace_period is not None:
+            body["deleteOptions"]["gracePeriodSeconds"] = grace_period
+        result = self._write("POST", f"/api/v1/namespaces/{quote(namespace)}/pods/{quote(name)}/eviction", body)
+        if not result.ok and result.status in (400, 404) and version == "policy/v1" \
+                and "Eviction" in result.message and "policy/v1" in result.message:
+            self._eviction_version = "policy/v1beta1"  # server older than discovery suggested
+            return self.evict(namespace, name, uid, grace_period)
+        return result
+
+    def delete_pod(self, namespace: str, name: str, uid: str, grace_period: int | None) -> WriteResult:
+        """DELETE the pod, only if it is still the same pod (UID precondition)."""
+        body: dict[str, Any] = {"apiVersion": "v1", "kind": "DeleteOptions", "preconditions": {"uid": uid}}
+        if grace_period is not None:
+            body["gracePeriodSeconds"] = grace_period
+        return self._write("DELETE", f"/api/v1/namespaces/{quote(namespace)}/pods/{quote(name)}", body)
+
+    def create_event(self, namespace: str, body: Mapping[str, Any]) -> WriteResult:
+        return self._write("POST", f"/api/v1/namespaces/{quote(namespace)}/events", body)
+
+    def get_lease(self, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            lease: dict[str, Any] = self.get_json(
+                f"/apis/coordination.k8s.io/v1/namespaces/{quote(namespace)}/leases/{quote(name)}")
+            return lease
+        except ApiError as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    def create_lease(self, namespace: str, body: Mapping[str, Any]) -> WriteResult:
+        return self._write("POST", f"/apis/coordination.k8s.io/v1/namespaces/{quote(namespace)}/leases", body)
+
+    def replace_lease(self, namespace: str, name: str, body: Mapping[str, Any]) -> WriteResult:
+        return self._write(
+            "PUT", f"/apis/coordination.k8s.io/v1/namespaces/{quote(namespace)}/leases/{quote(name)}", body)

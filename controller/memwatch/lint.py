@@ -1,0 +1,90 @@
+"""`memwatch lint`: validate memwatch annotations in Kubernetes manifests, for users' own CI.
+
+Reads Pods and the pod templates of Deployments, StatefulSets, DaemonSets, ReplicaSets, Jobs and
+CronJobs (also inside `kind: List`), in multi-document YAML. Prints the resolved policy of each
+annotated pod or template, or a precise error naming the file, object, annotation and value.
+Uses the same :func:`memwatch.policy.resolve` as the controller, so lint and runtime agree.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator, Mapping
+from typing import Any, TextIO
+
+import yaml
+
+from memwatch.podindex import template_policy
+from memwatch.policy import InvalidPolicy, is_watched
+
+TEMPLATE_KINDS = {"Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job", "ReplicationController"}
+
+
+def pod_templates(obj: Mapping[str, Any]) -> Iterator[tuple[str, Mapping[str, Any], Mapping[str, Any]]]:
+    """(label, pod metadata, pod spec) for every pod or pod template in a manifest object."""
+    kind = obj.get("kind")
+    name = (obj.get("metadata") or {}).get("name", "?")
+    label = f"{kind}/{name}"
+    if kind == "List":
+        for item in obj.get("items") or ():
+            if isinstance(item, Mapping):
+                yield from pod_templates(item)
+    elif kind == "Pod":
+        yield label, obj.get("metadata") or {}, obj.get("spec") or {}
+    elif kind in TEMPLATE_KINDS:
+        tpl = (obj.get("spec") or {}).get("template") or {}
+        yield label, tpl.get("metadata") or {}, tpl.get("spec") or {}
+    elif kind == "CronJob":
+        tpl = (((obj.get("spec") or {}).get("jobTemplate") or {}).get("spec") or {}).get("template") or {}
+        yield label, tpl.get("metadata") or {}, tpl.get("spec") or {}
+
+
+def lint_stream(name: str, stream: TextIO, out: TextIO) -> tuple[int, int]:
+    """Lint one file. Returns (annotated templates found, errors)."""
+    found = errors = 0
+    try:
+        docs = [d for d in yaml.safe_load_all(stream) if d is not None]
+    except yaml.YAMLError as exc:
+        print(f"{name}: error: not valid YAML: {exc}".replace("\n", " "), file=out)
+        return 0, 1
+    for doc in docs:
+        if not isinstance(doc, Mapping):
+            continue
+        for label, meta, spec in pod_templates(doc):
+            annotations = meta.get("annotations") or {}
+            if not isinstance(annotations, Mapping) or not is_watched(annotations):
+                continue
+            found += 1
+            try:
+                policy = template_policy(meta, spec)
+            except InvalidPolicy as exc:
+                for problem in exc.problems:
+                    print(f"{name}: {label}: error: {problem}", file=out)
+                    errors += 1
+                for warning in exc.warnings:
+                    print(f"{name}: {label}: warning: {warning}", file=out)
+                continue
+            print(f"{name}: {label}: ok: {policy.describe()}", file=out)
+            for warning in policy.warnings:
+                print(f"{name}: {label}: warning: {warning}", file=out)
+    return found, errors
+
+
+def main(paths: list[str], out: TextIO = sys.stdout) -> int:
+    """Exit code 0 when every annotation in every file is valid, 1 otherwise."""
+    total = errors = 0
+    for path in paths:
+        try:
+            if path == "-":
+                found, bad = lint_stream("<stdin>", sys.stdin, out)
+            else:
+                with open(path, encoding="utf-8") as fh:
+                    found, bad = lint_stream(path, fh, out)
+        except OSError as exc:
+            print(f"{path}: error: {exc.strerror or exc}", file=out)
+            errors += 1
+            continue
+        total += found
+        errors += bad
+    print(f"memwatch lint: {total} annotated pod template(s), {errors} error(s)", file=out)
+    return 1 if errors else 0

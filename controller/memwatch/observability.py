@@ -1,0 +1,258 @@
+"""Observability: the kill log line, Events on the pod, and Prometheus metrics.
+
+One structured log line per decision that acts (``kubectl logs deploy/memwatch | grep action=``),
+one Event on the pod for every action and every refusal, and metrics on ``--metrics-port``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import uuid
+from collections import OrderedDict
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+from memwatch.kube import Kube
+from memwatch.podindex import PodRecord
+from memwatch.quantity import format_bytes, format_duration, parse_time
+
+log = logging.getLogger("memwatch")
+
+COMPONENT = "memwatch"
+
+# Event reasons: one name per outcome, used in code, docs, NOTES.txt and tests.
+REASON_EVICTED = "MemwatchEvicted"
+REASON_DELETED = "MemwatchDeleted"
+REASON_DRY_RUN = "MemwatchDryRun"
+REASON_BLOCKED = "MemwatchEvictionBlocked"
+REASON_ESCALATED = "MemwatchEscalated"
+REASON_PROTECTED = "MemwatchProtected"
+REASON_INVALID = "InvalidMemwatchAnnotation"
+REASON_WARNING = "MemwatchAnnotationWarning"
+REASON_KILLED = "MemwatchKilled"
+REASON_FAILED = "MemwatchActionFailed"
+REASON_CAPPED = "MemwatchRateLimited"
+ALL_REASONS = (REASON_EVICTED, REASON_DELETED, REASON_DRY_RUN, REASON_BLOCKED, REASON_ESCALATED,
+               REASON_PROTECTED, REASON_INVALID, REASON_WARNING, REASON_KILLED, REASON_FAILED, REASON_CAPPED)
+#: Reasons that mean "memwatch already acted on this pod": after a restart it must not act again.
+ACTED_REASONS = frozenset({REASON_EVICTED, REASON_DELETED, REASON_ESCALATED, REASON_DRY_RUN, REASON_KILLED})
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+
+
+class Metrics:
+    """memwatch's Prometheus metrics (in their own registry, so tests can make many)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.actions = Counter("memwatch_actions_total", "Actions taken or refused, by result and source.",
+                               ["result", "source"], registry=r)
+        self.watched = Gauge("memwatch_watched_pods", "Pods with memwatch annotations in the index.",
+                             registry=r)
+        self.invalid = Gauge("memwatch_invalid_policies", "Watched pods whose annotations are invalid.",
+                             registry=r)
+        self.sweep = Histogram("memwatch_sweep_duration_seconds", "Time for one sweep (read usage, decide, act).",
+                               buckets=LATENCY_BUCKETS, registry=r)
+        self.sample_age = Histogram("memwatch_sample_age_seconds", "Age of usage samples when decided on.",
+                                    ["source"], buckets=(0.1, 0.5, 1, 2, 5, 10, 15, 30, 60, 120), registry=r)
+        self.skipped = Counter("memwatch_samples_skipped_total", "Pods not decided on, by reason (stale, missing).",
+                               ["reason", "source"], registry=r)
+        self.latency = Histogram("memwatch_action_latency_seconds",
+                                 "From detecting a breach to the write completing.",
+                                 ["action", "source"], buckets=LATENCY_BUCKETS, registry=r)
+        self.source_errors = Counter("memwatch_source_errors_total", "Sweeps whose usage read failed.",
+                                     ["source"], registry=r)
+        self.leader = Gauge("memwatch_leader", "1 when this replica is the one that acts.", registry=r)
+
+    def serve(self, port: int) -> None:
+        """Expose /metrics on ``port`` (0: do not serve)."""
+        if port:
+            start_http_server(port, registry=self.registry)
+
+
+@dataclass(frozen=True, slots=True)
+class ActionLine:
+    """Everything in one kill log line and its Event."""
+
+    result: str  # evicted, deleted, would-evict, blocked, escalated, killed, failed, rate-limited, protected
+    record: PodRecord
+    usage: int | None = None
+    limit: int | None = None
+    scope: str = "pod"
+    source: str = ""
+    sample_age: float | None = None
+    latency: float | None = None
+    detected_at: float | None = None  # epoch
+    crossed_at: float | None = None  # epoch: sample time of the first over-limit sample
+    acted_at: float | None = None  # epoch: write completed
+    detail: str = ""
+
+    def format(self) -> str:
+        r = self.record
+        fields = [f"action={self.result}", f"pod={r.key}", f"node={r.node or '-'}"]
+        if self.usage is not None:
+            fields += [f"usage={format_bytes(self.usage)}", f"limit={format_bytes(self.limit)}", f"scope={self.scope}"]
+        if self.source:
+            fields.append(f"source={self.source}")
+        if self.sample_age is not None:
+            fields.append(f"sample_age={format_duration(self.sample_age)}")
+        if self.latency is not None:
+            fields.append(f"latency={format_duration(self.latency)}")
+        for name, ts in (("crossed_at", self.crossed_at), ("detected_at", self.detected_at),
+                         ("acted_at", self.acted_at)):
+            if ts is not None:
+                fields.append(f"{name}={_iso(ts)}")
+        fields.append(f"uid={r.uid}")
+        line = " ".join(fields)
+        return f"{line} detail={self.detail!r}" if self.detail else line
+
+
+def _iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).strftime("%H:%M:%S.%f")[:-3] + "Z"
+
+
+class Recorder:
+    """Writes log lines, Events and metrics. Events that must appear once are de-duplicated,
+    also across restarts (:meth:`remember` loads the ones already on the cluster)."""
+
+    MAX_REMEMBERED = 100_000
+
+    def __init__(self, kube: Kube | None, metrics: Metrics, host: str = "") -> None:
+        self.kube = kube
+        self.metrics = metrics
+        self.host = host
+        self._seen: OrderedDict[tuple[str, str], None] = OrderedDict()
+        self._lock = threading.Lock()
+        #: When a pod's eviction was first refused, from Events already on the cluster: so the
+        #: escalation deadline survives a controller restart.
+        self.blocked_since: dict[str, float] = {}
+
+    # -- memory of what was already said -----------------------------------------------------
+    def remember(self, uid: str, reason: str) -> None:
+        with self._lock:
+            self._seen[(uid, reason)] = None
+            self._seen.move_to_end((uid, reason))
+            while len(self._seen) > self.MAX_REMEMBERED:
+                self._seen.popitem(last=False)
+
+    def already(self, uid: str, reasons: Iterable[str]) -> str | None:
+        """The first of ``reasons`` already reported for ``uid``, if any."""
+        with self._lock:
+            return next((r for r in reasons if (uid, r) in self._seen), None)
+
+    def forget(self, uid: str, reason: str) -> None:
+        with self._lock:
+            self._seen.pop((uid, reason), None)
+
+    def load_history(self, namespaces: Iterable[str] = ()) -> int:
+        """Remember memwatch's own Events already on the cluster (one paged LIST per scope)."""
+        if self.kube is None:
+            return 0
+        paths = [f"/api/v1/namespaces/{ns}/events" for ns in namespaces] or ["/api/v1/events"]
+        n = 0
+        for path in paths:
+            for page in self.kube.list_pages(path, {"fieldSelector": f"source={COMPONENT}"}):
+                for ev in page.get("items") or ():
+                    uid = (ev.get("involvedObject") or {}).get("uid")
+                    reason = ev.get("reason")
+                    if uid and reason:
+                        self.remember(uid, reason)
+                        n += 1
+                    first = parse_time(ev.get("firstTimestamp") or ev.get("eventTime"))
+                    if uid and reason == REASON_BLOCKED and first is not None:
+                        self.blocked_since[uid] = min(first, self.blocked_since.get(uid, first))
+        return n
+
+    # -- output ------------------------------------------------------------------------------
+    def action(self, line: ActionLine, reason: str, warning: bool = False, once: bool = False) -> None:
+        """Log the line, count it, and post the Event (once per pod and reason if ``once``)."""
+        if once and self.already(line.record.uid, [reason]):
+            return
+        (log.warning if warning else log.info)(line.format())
+        self.metrics.actions.labels(line.result, line.source or "-").inc()
+        message = _event_message(line)
+        self.event(line.record, reason, message, warning)
+        self.remember(line.record.uid, reason)
+
+    def event(self, record: PodRecord, reason: str, message: str, warning: bool = False) -> None:
+        """Post an Event on the pod. A failure is logged, never raised: it must not stop a sweep."""
+        if self.kube is None:
+            return
+        body = build_event(record, reason, message, warning, self.host)
+        result = self.kube.create_event(record.namespace, body)
+        if not result.ok:
+            log.warning("event not posted: pod=%s reason=%s: %s", record.key, reason, result.message)
+
+    def invalid(self, record: PodRecord) -> None:
+        """Report an invalid annotation once: one log line, one Warning Event."""
+        if self.already(record.uid, [REASON_INVALID]):
+            return
+        problems = "; ".join(str(p) for p in record.problems)
+        log.warning("action=ignored pod=%s reason=%s problems=%r (memwatch will not act on this pod)",
+                    record.key, REASON_INVALID, problems)
+        self.metrics.actions.labels("invalid", "-").inc()
+        self.event(record, REASON_INVALID, f"memwatch will not act on this pod: {problems}"[:1024], True)
+        self.remember(record.uid, REASON_INVALID)
+
+    def warnings(self, record: PodRecord) -> None:
+        """Report annotation warnings (typos, limits equal to the hard limit) once."""
+        if not record.warnings or self.already(record.uid, [REASON_WARNING]):
+            return
+        text = "; ".join(record.warnings)
+        log.warning("annotation warning pod=%s: %s", record.key, text)
+        self.event(record, REASON_WARNING, text[:1024], True)
+        self.remember(record.uid, REASON_WARNING)
+
+
+def _event_message(line: ActionLine) -> str:
+    parts = {
+        "evicted": "Evicted",
+        "deleted": "Deleted",
+        "would-evict": "Dry run: would evict",
+        "would-delete": "Dry run: would delete",
+        "would-restart": "Dry run: would restart",
+        "blocked": "Eviction refused (PodDisruptionBudget); will retry",
+        "escalated": "Deleted after the eviction stayed blocked",
+        "killed": "Killed the container's processes",
+        "failed": "Action failed",
+        "rate-limited": "Held back by the eviction rate cap",
+        "protected": "Not acted on: protected",
+    }
+    head = parts.get(line.result, line.result)
+    text = head
+    if line.usage is not None:
+        text += (f": memory {format_bytes(line.usage)} is over the memwatch limit {format_bytes(line.limit)}"
+                 f" ({line.scope}, source {line.source}")
+        if line.sample_age is not None:
+            text += f", sample {format_duration(line.sample_age)} old"
+        text += ")"
+    if line.detail:
+        text += f". {line.detail}"
+    return text[:1024]
+
+
+def build_event(record: PodRecord, reason: str, message: str, warning: bool, host: str = "") -> dict[str, Any]:
+    """A core/v1 Event on the pod (pure: tested without a cluster)."""
+    now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return {
+        "apiVersion": "v1",
+        "kind": "Event",
+        "metadata": {"name": f"{record.name}.memwatch.{uuid.uuid4().hex[:12]}", "namespace": record.namespace},
+        "involvedObject": {"apiVersion": "v1", "kind": "Pod", "namespace": record.namespace,
+                           "name": record.name, "uid": record.uid},
+        "reason": reason,
+        "message": message,
+        "type": "Warning" if warning else "Normal",
+        "source": {"component": COMPONENT, **({"host": host} if host else {})},
+        "firstTimestamp": now,
+        "lastTimestamp": now,
+        "count": 1,
+        "reportingComponent": COMPONENT,
+        "reportingInstance": host or COMPONENT,
+    }

@@ -1,0 +1,171 @@
+"""The in-memory index of watched pods, fed by the watch and read by the sweep.
+
+Only pods that carry a ``memwatch.io/`` annotation get a record, and a record keeps only what the
+policy, the protections and the enforcer need: no annotations, labels or spec beyond that. Memory
+therefore grows with the number of *watched* pods, by a small bounded amount each, not with the
+size of the cluster or of its objects.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from memwatch.policy import ContainerSpec, Defaults, InvalidPolicy, Policy, Problem, is_watched, resolve
+from memwatch.quantity import QuantityError, parse_bytes
+
+#: kubelet marks mirror pods (the API shadow of a static pod) with this annotation.
+MIRROR_ANNOTATION = "kubernetes.io/config.mirror"
+
+
+@dataclass(slots=True)
+class PodRecord:
+    """One watched pod. Identity and spec facts are set from the watch; the rest is sweep state."""
+
+    uid: str
+    namespace: str
+    name: str
+    node: str | None
+    phase: str
+    terminating: bool
+    containers: tuple[ContainerSpec, ...]
+    container_ids: tuple[tuple[str, str], ...]  # (name, CRI id such as "containerd://abc…")
+    protected: str | None  # why memwatch must never touch this pod, or None
+    policy: Policy | None
+    problems: tuple[Problem, ...]
+    warnings: tuple[str, ...]
+    qos_class: str | None = None
+    # Sweep state, owned by the sweep thread:
+    breach_since: float | None = None
+    blocked_since: float | None = None  # first refusal of an eviction (PodDisruptionBudget)
+    next_attempt: float = 0.0
+    acted: str | None = None  # the result memwatch already reached for this pod, if any
+    announced: bool = False  # invalid/protected/warnings already reported
+    missing_reported: bool = False
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+
+def _container_specs(spec: Mapping[str, Any]) -> tuple[ContainerSpec, ...]:
+    out = []
+    for c in spec.get("containers") or ():
+        limit_text = ((c.get("resources") or {}).get("limits") or {}).get("memory")
+        hard: int | None = None
+        if limit_text is not None:
+            try:
+                hard = parse_bytes(str(limit_text))
+            except QuantityError:
+                hard = None  # the API server validated it; be lenient rather than crash
+        out.append(ContainerSpec(str(c.get("name", "")), hard))
+    return tuple(out)
+
+
+def template_policy(meta: Mapping[str, Any], spec: Mapping[str, Any],
+                    defaults: Defaults | None = None) -> Policy:
+    """Resolve the policy of a pod or pod template (used by the index and by `memwatch lint`)."""
+    return resolve(meta.get("annotations") or {}, _container_specs(spec), defaults or Defaults())
+
+
+def build_record(pod: Mapping[str, Any], defaults: Defaults,
+                 protect: Callable[[Mapping[str, Any]], str | None]) -> PodRecord | None:
+    """Turn a raw pod (JSON dict from the API) into a record, or None if it is not watched."""
+    meta = pod.get("metadata") or {}
+    annotations = meta.get("annotations") or {}
+    if not is_watched(annotations):
+        return None
+    spec = pod.get("spec") or {}
+    status = pod.get("status") or {}
+    containers = _container_specs(spec)
+    policy: Policy | None = None
+    problems: tuple[Problem, ...] = ()
+    try:
+        policy = resolve(annotations, containers, defaults)
+        warnings = policy.warnings
+    except InvalidPolicy as exc:
+        problems, warnings = exc.problems, exc.warnings
+    ids = tuple((str(cs.get("name", "")), str(cs["containerID"]))
+                for cs in status.get("containerStatuses") or () if cs.get("containerID"))
+    return PodRecord(
+        uid=str(meta.get("uid", "")),
+        namespace=str(meta.get("namespace", "")),
+        name=str(meta.get("name", "")),
+        node=spec.get("nodeName"),
+        phase=str(status.get("phase", "Unknown")),
+        terminating=meta.get("deletionTimestamp") is not None,
+        containers=containers,
+        container_ids=ids,
+        protected=protect(pod),
+        policy=policy,
+        problems=problems,
+        warnings=tuple(warnings),
+        qos_class=status.get("qosClass"),
+    )
+
+
+class PodIndex:
+    """Thread-safe map of watched pods by UID.
+
+    The watch thread calls :meth:`upsert`, :meth:`remove` and :meth:`replace`; the sweep calls
+    :meth:`snapshot`. Sweep state on a record survives updates from the watch.
+    """
+
+    def __init__(self, defaults: Defaults, protect: Callable[[Mapping[str, Any]], str | None]) -> None:
+        self._defaults = defaults
+        self._protect = protect
+        self._pods: dict[str, PodRecord] = {}
+        self._lock = threading.Lock()
+        self.synced = threading.Event()  # set once every watch has listed at least once
+
+    def __len__(self) -> int:
+        return len(self._pods)
+
+    def _carry(self, new: PodRecord, old: PodRecord | None) -> PodRecord:
+        if old is not None:
+            new.breach_since, new.blocked_since = old.breach_since, old.blocked_since
+            new.next_attempt, new.acted, new.missing_reported = old.next_attempt, old.acted, old.missing_reported
+            # Re-announce only when what there is to announce changed.
+            new.announced = old.announced and (old.problems, old.warnings, old.protected) == (
+                new.problems, new.warnings, new.protected)
+        return new
+
+    def upsert(self, pod: Mapping[str, Any]) -> None:
+        """Apply an ADDED/MODIFIED pod from the watch."""
+        uid = str((pod.get("metadata") or {}).get("uid", ""))
+        record = build_record(pod, self._defaults, self._protect)
+        with self._lock:
+            if record is None:
+                self._pods.pop(uid, None)  # annotations removed: stop watching
+            else:
+                self._pods[uid] = self._carry(record, self._pods.get(uid))
+
+    def remove(self, pod: Mapping[str, Any]) -> None:
+        """Apply a DELETED pod from the watch."""
+        uid = str((pod.get("metadata") or {}).get("uid", ""))
+        with self._lock:
+            self._pods.pop(uid, None)
+
+    def replace(self, pods: Iterable[Mapping[str, Any]], scope: Callable[[PodRecord], bool]) -> None:
+        """Apply a full LIST: ``pods`` is the truth for every record matching ``scope``."""
+        fresh: dict[str, PodRecord] = {}
+        for pod in pods:
+            record = build_record(pod, self._defaults, self._protect)
+            if record is not None:
+                fresh[record.uid] = record
+        with self._lock:
+            for uid in [u for u, r in self._pods.items() if scope(r) and u not in fresh]:
+                del self._pods[uid]
+            for uid, record in fresh.items():
+                self._pods[uid] = self._carry(record, self._pods.get(uid))
+
+    def snapshot(self) -> list[PodRecord]:
+        """The records as they are now (shared objects: the sweep owns their sweep state)."""
+        with self._lock:
+            return list(self._pods.values())
+
+    def get(self, uid: str) -> PodRecord | None:
+        with self._lock:
+            return self._pods.get(uid)

@@ -1,0 +1,370 @@
+"""The policy engine: pure functions, no I/O.
+
+Two steps, both pure and separately tested:
+
+* :func:`resolve` turns a pod's ``memwatch.io/*`` annotations plus its containers' hard memory
+  limits into a :class:`Policy`, or raises :class:`InvalidPolicy` listing every problem.
+* :func:`decide` turns a policy, a usage sample and the breach history into a :class:`Decision`.
+
+The controller, the node agent and ``memwatch lint`` all call these; nothing else interprets
+annotations.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from memwatch.quantity import QuantityError, format_bytes, parse_bytes, parse_duration
+
+PREFIX = "memwatch.io/"
+KEY_LIMIT = PREFIX + "limit"
+KEY_CONTAINER_LIMIT = PREFIX + "limit."  # + container name
+KEY_ACTION = PREFIX + "action"
+KEY_GRACE_PERIOD = PREFIX + "grace-period"
+KEY_FOR = PREFIX + "for"
+KEY_ESCALATE = PREFIX + "escalate"
+KEY_PREDICT = PREFIX + "predict"
+KNOWN_KEYS = frozenset({KEY_LIMIT, KEY_ACTION, KEY_GRACE_PERIOD, KEY_FOR, KEY_ESCALATE, KEY_PREDICT})
+
+#: The longest `memwatch.io/for` accepted: a longer one is almost certainly a unit mistake.
+MAX_FOR_SECONDS = 24 * 3600.0
+#: Limits smaller than this are accepted but warned about: no real workload fits.
+SUSPICIOUSLY_SMALL = 4 << 20
+
+_TRUE = {"true", "yes", "on", "1"}
+_FALSE = {"false", "no", "off", "0"}
+
+
+class Action(enum.StrEnum):
+    """What to do with a pod over its watch limit."""
+
+    EVICT = "evict"  # Eviction API: honours PodDisruptionBudgets
+    DELETE = "delete"  # plain delete with the grace period
+    DRY_RUN = "dry-run"  # everything but the write: Event, log line, metric
+    RESTART = "restart"  # node agent: kill the container in place; the controller evicts instead
+
+
+def is_watched(annotations: Mapping[str, str] | None) -> bool:
+    """True when a pod carries any ``memwatch.io/`` annotation, valid or not."""
+    return bool(annotations) and any(key.startswith(PREFIX) for key in annotations or ())
+
+
+@dataclass(frozen=True, slots=True)
+class ContainerSpec:
+    """What the policy needs of one container: its name and hard memory limit."""
+
+    name: str
+    hard_limit: int | None = None  # resources.limits.memory in bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Limit:
+    """One watch limit: on the whole pod (``container`` None) or on one container."""
+
+    bytes: int
+    text: str  # as written in the annotation: "512Mi" or "90%"
+    container: str | None = None
+
+    @property
+    def scope(self) -> str:
+        return "pod" if self.container is None else f"container:{self.container}"
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """One invalid annotation: which key, which value, and what is wrong with it."""
+
+    key: str
+    value: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.key}={self.value!r}: {self.message}"
+
+
+class InvalidPolicy(ValueError):
+    """The annotations cannot be turned into a policy; memwatch will not act on the pod."""
+
+    def __init__(self, problems: Sequence[Problem], warnings: Sequence[str] = ()) -> None:
+        self.problems = tuple(problems)
+        self.warnings = tuple(warnings)
+        super().__init__("; ".join(str(p) for p in self.problems))
+
+
+@dataclass(frozen=True, slots=True)
+class Defaults:
+    """Controller-wide defaults for keys a pod does not set (``--default-*`` flags)."""
+
+    action: Action = Action.EVICT
+    grace_period: int | None = None
+    for_seconds: float = 0.0
+    escalate: bool = False
+    predict: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    """A pod's resolved memory-watch policy. Small and immutable: one per watched pod."""
+
+    limits: tuple[Limit, ...]
+    action: Action = Action.EVICT
+    grace_period: int | None = None
+    for_seconds: float = 0.0
+    escalate: bool = False
+    predict: bool = True
+    pod_hard_limit: int | None = None  # sum of containers' limits.memory, when all have one
+    container_hard_limits: tuple[tuple[str, int], ...] = ()
+    warnings: tuple[str, ...] = field(default=(), compare=False)
+
+    def describe(self) -> str:
+        """One line for `memwatch lint` and logs: every limit and the knobs."""
+        parts = [f"{lim.scope}<={format_bytes(lim.bytes)}" + (f" ({lim.text})" if "%" in lim.text else "")
+                 for lim in self.limits]
+        parts.append(f"action={self.action}")
+        if self.grace_period is not None:
+            parts.append(f"grace-period={self.grace_period}s")
+        if self.for_seconds:
+            parts.append(f"for={self.for_seconds:g}s")
+        parts.append(f"escalate={'true' if self.escalate else 'false'}")
+        if not self.predict:
+            parts.append("predict=false")
+        return " ".join(parts)
+
+
+def _parse_limit(key: str, value: str, hard: int | None, container: str | None,
+                 problems: list[Problem], warnings: list[str]) -> Limit | None:
+    """Parse one limit annotation: a quantity, or a percentage of ``hard``."""
+    text = value.strip()
+    whom = "the pod" if container is None else f"container {container!r}"
+    if text.endswith("%"):
+        try:
+            percent = float(text[:-1])
+        except ValueError:
+            problems.append(Problem(key, value, "not a percentage (example: 90%)"))
+            return None
+        if not (0 < percent <= 100):
+            problems.append(Problem(key, value, "a percentage must be above 0% and at most 100%"))
+            return None
+        if hard is None:
+            what = ("every container to set resources.limits.memory" if container is None
+                    else f"container {container!r} to set resources.limits.memory")
+            problems.append(Problem(key, value, f"a percentage needs {what}; use a quantity such as 512Mi"))
+            return None
+        return Limit(max(1, int(hard * percent / 100)), text, container)
+    try:
+        limit = parse_bytes(text)
+    except QuantityError as exc:
+        problems.append(Problem(key, value, str(exc)))
+        return None
+    if hard is not None and limit > hard:
+        problems.append(Problem(
+            key, value,
+            f"{format_bytes(limit)} is above the hard memory limit of {whom} ({format_bytes(hard)}): "
+            "the kernel OOM killer would always fire first"))
+        return None
+    if hard is not None and limit == hard:
+        warnings.append(f"{key}={value!r} equals the hard memory limit of {whom}; "
+                        "leave headroom or the kernel may act before memwatch")
+    if limit < SUSPICIOUSLY_SMALL:
+        warnings.append(f"{key}={value!r} is only {format_bytes(limit)}; is the unit right?")
+    return Limit(limit, text, container)
+
+
+def _parse_bool(key: str, value: str, problems: list[Problem]) -> bool | None:
+    lowered = value.strip().lower()
+    if lowered in _TRUE:
+        return True
+    if lowered in _FALSE:
+        return False
+    problems.append(Problem(key, value, 'must be "true" or "false"'))
+    return None
+
+
+def resolve(annotations: Mapping[str, str], containers: Sequence[ContainerSpec],
+            defaults: Defaults | None = None) -> Policy:
+    """Resolve a pod's annotations into its policy.
+
+    Raises :class:`InvalidPolicy` naming every bad key and value. Never raises anything else,
+    whatever the annotation strings are.
+    """
+    defaults = defaults or Defaults()
+    problems: list[Problem] = []
+    warnings: list[str] = []
+    by_name = {c.name: c for c in containers}
+    hards = [c.hard_limit for c in containers]
+    pod_hard = sum(h for h in hards if h is not None) if hards and all(h is not None for h in hards) else None
+
+    limits: list[Limit] = []
+    action, grace, for_seconds = defaults.action, defaults.grace_period, defaults.for_seconds
+    escalate, predict = defaults.escalate, defaults.predict
+    for key in sorted(annotations):
+        if not key.startswith(PREFIX):
+            continue
+        raw = annotations[key]
+        value = raw if isinstance(raw, str) else str(raw)
+        if key == KEY_LIMIT:
+            lim = _parse_limit(key, value, pod_hard, None, problems, warnings)
+            if lim:
+                limits.append(lim)
+        elif key.startswith(KEY_CONTAINER_LIMIT):
+            name = key[len(KEY_CONTAINER_LIMIT):]
+            spec = by_name.get(name)
+            if spec is None:
+                known = ", ".join(sorted(by_name)) or "none"
+                problems.append(Problem(key, value, f"no container named {name!r} (containers: {known})"))
+                continue
+            lim = _parse_limit(key, value, spec.hard_limit, name, problems, warnings)
+            if lim:
+                limits.append(lim)
+        elif key == KEY_ACTION:
+            try:
+                action = Action(value.strip().lower())
+            except ValueError:
+                choices = ", ".join(a.value for a in Action)
+                problems.append(Problem(key, value, f"unknown action; choose one of {choices}"))
+        elif key == KEY_GRACE_PERIOD:
+            try:
+                seconds = parse_duration(value)
+            except QuantityError as exc:
+                problems.append(Problem(key, value, f"{exc}; give whole seconds such as 30"))
+                continue
+            if seconds != int(seconds):
+                problems.append(Problem(key, value, "must be a whole number of seconds"))
+                continue
+            grace = int(seconds)
+        elif key == KEY_FOR:
+            try:
+                for_seconds = parse_duration(value)
+            except QuantityError as exc:
+                problems.append(Problem(key, value, str(exc)))
+                continue
+            if for_seconds > MAX_FOR_SECONDS:
+                problems.append(Problem(key, value, "longer than 24h; is the unit right?"))
+        elif key == KEY_ESCALATE:
+            parsed = _parse_bool(key, value, problems)
+            escalate = escalate if parsed is None else parsed
+        elif key == KEY_PREDICT:
+            parsed = _parse_bool(key, value, problems)
+            predict = predict if parsed is None else parsed
+        else:
+            hint = _closest(key)
+            warnings.append(f"unknown annotation {key!r} is ignored" + (f"; did you mean {hint!r}?" if hint else ""))
+
+    if not limits and not problems:
+        problems.append(Problem(KEY_LIMIT, "", "no watch limit: set memwatch.io/limit "
+                                "or memwatch.io/limit.<container>"))
+    if problems:
+        raise InvalidPolicy(problems, warnings)
+    container_hards = tuple((c.name, c.hard_limit) for c in containers if c.hard_limit is not None)
+    return Policy(tuple(limits), action, grace, for_seconds, escalate, predict, pod_hard,
+                  container_hards, tuple(warnings))
+
+
+def _closest(key: str) -> str | None:
+    """The known key a typo most likely meant (a cheap edit-distance check)."""
+    import difflib
+
+    matches = difflib.get_close_matches(key, sorted(KNOWN_KEYS), n=1, cutoff=0.75)
+    return matches[0] if matches else None
+
+
+# ---------------------------------------------------------------------------------------------
+# Decisions
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """One memory sample of a pod: working-set bytes, when it was measured, and by what."""
+
+    containers: Mapping[str, int]
+    timestamp: float  # epoch seconds when the sample was taken (not when we read it)
+    source: str
+    pod_bytes: int | None = None  # the pod cgroup's own figure, when the source has it
+
+    @property
+    def total(self) -> int:
+        return self.pod_bytes if self.pod_bytes is not None else sum(self.containers.values())
+
+
+@dataclass(frozen=True, slots=True)
+class Breach:
+    """A limit that a sample exceeds."""
+
+    limit: Limit
+    usage: int
+
+    @property
+    def over(self) -> int:
+        return self.usage - self.limit.bytes
+
+
+def breaches(policy: Policy, usage: Usage) -> list[Breach]:
+    """Every limit the sample is over, worst (largest relative overshoot) first.
+
+    A container limit with no sample for that container is not a breach: missing data never acts.
+    """
+    found: list[Breach] = []
+    for limit in policy.limits:
+        if limit.container is None:
+            used: int | None = usage.total
+        else:
+            used = usage.containers.get(limit.container)
+        if used is not None and used > limit.bytes:
+            found.append(Breach(limit, used))
+    found.sort(key=lambda b: b.usage / b.limit.bytes, reverse=True)
+    return found
+
+
+class Verdict(enum.StrEnum):
+    OK = "ok"  # under every limit
+    WAIT = "wait"  # over a limit, but not yet for `memwatch.io/for`
+    ACT = "act"  # over a limit long enough: act now
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    verdict: Verdict
+    breach: Breach | None = None
+    breach_since: float | None = None  # when the current breach was first seen (sample time)
+
+
+def decide(policy: Policy, usage: Usage, breach_since: float | None) -> Decision:
+    """Decide on one sample, given when the ongoing breach (if any) started.
+
+    ``breach_since`` is the caller's memory of earlier samples: the timestamp of the first sample
+    of the ongoing breach, or None. The returned decision carries the updated value.
+    """
+    over = breaches(policy, usage)
+    if not over:
+        return Decision(Verdict.OK)
+    since = usage.timestamp if breach_since is None else min(breach_since, usage.timestamp)
+    if usage.timestamp - since >= policy.for_seconds:
+        return Decision(Verdict.ACT, over[0], since)
+    return Decision(Verdict.WAIT, over[0], since)
+
+
+def seconds_to_cross(samples: Sequence[tuple[float, int]], ceiling: int) -> float | None:
+    """Predict how long until usage crosses ``ceiling``, from recent (time, bytes) samples.
+
+    Uses the growth rate over the window (a least-squares slope, robust to one noisy sample).
+    None when usage is not growing or there are too few samples. 0 when already over.
+    """
+    if not samples:
+        return None
+    _last_t, last_v = samples[-1]
+    if last_v >= ceiling:
+        return 0.0
+    if len(samples) < 2:
+        return None
+    n = len(samples)
+    mean_t = sum(t for t, _ in samples) / n
+    mean_v = sum(v for _, v in samples) / n
+    var = sum((t - mean_t) ** 2 for t, _ in samples)
+    if var <= 0:
+        return None
+    slope = sum((t - mean_t) * (v - mean_v) for t, v in samples) / var
+    if slope <= 0:
+        return None
+    return (ceiling - last_v) / slope

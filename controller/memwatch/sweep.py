@@ -1,0 +1,167 @@
+"""The sweep: one periodic pass that reads usage for every watched pod at once and decides.
+
+No per-pod timers, daemons or tasks: one loop, one bulk usage read per sweep (see
+:mod:`memwatch.sources`), pure decisions (:mod:`memwatch.policy`), and actions through the
+:mod:`memwatch.enforcer`. Between sweeps the loop wakes only for due retries (a blocked eviction
+reaching its escalation deadline).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from memwatch.enforcer import Enforcer, Trigger
+from memwatch.observability import ACTED_REASONS, REASON_PROTECTED, ActionLine, Recorder
+from memwatch.podindex import PodIndex, PodRecord
+from memwatch.policy import Verdict, decide
+from memwatch.sources import SourceError, UsageSource
+
+log = logging.getLogger("memwatch.sweep")
+
+
+@dataclass(slots=True)
+class SweepReport:
+    """What one sweep saw and did (for tests, benchmarks and the liveness probe)."""
+
+    started: float
+    duration: float = 0.0
+    watched: int = 0
+    sampled: int = 0
+    stale: int = 0
+    missing: int = 0
+    invalid: int = 0
+    results: dict[str, int] = field(default_factory=dict)
+    error: str | None = None
+
+
+class Sweeper:
+    """Runs sweeps over the index. Single-threaded: it alone owns the records' sweep state."""
+
+    def __init__(self, index: PodIndex, source: UsageSource, enforcer: Enforcer, recorder: Recorder,
+                 interval: float = 5.0, max_sample_age: float = 60.0,
+                 clock: Callable[[], float] = time.time, is_leader: Callable[[], bool] = lambda: True) -> None:
+        self.index = index
+        self.source = source
+        self.enforcer = enforcer
+        self.recorder = recorder
+        self.metrics = recorder.metrics
+        self.interval = interval
+        self.max_sample_age = max_sample_age
+        self.clock = clock
+        self.is_leader = is_leader
+        self.last: SweepReport | None = None
+        self.sweeps = 0
+        self.heartbeat = time.monotonic()  # last loop iteration, for the liveness probe
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # -- one sweep -----------------------------------------------------------------------------
+    def sweep_once(self) -> SweepReport:
+        now = self.clock()
+        t0 = time.perf_counter()
+        report = SweepReport(started=now)
+        records = self.index.snapshot()
+        report.watched = len(records)
+        candidates: list[PodRecord] = []
+        for rec in records:
+            if rec.policy is None:
+                report.invalid += 1
+                self.recorder.invalid(rec)
+                continue
+            if rec.warnings:
+                self.recorder.warnings(rec)
+            if rec.terminating or rec.acted is not None or not rec.node or rec.phase in ("Succeeded", "Failed"):
+                continue  # finished, already handled, or not yet on a node (no memory to read)
+            if self.recorder.already(rec.uid, ACTED_REASONS):
+                rec.acted = "already"  # acted on before a restart: the cluster's Events remember it
+                continue
+            candidates.append(rec)
+        self.metrics.watched.set(report.watched)
+        self.metrics.invalid.set(report.invalid)
+        try:
+            samples = self.source.fetch(candidates) if candidates else {}
+        except SourceError as exc:
+            report.error = str(exc)
+            self.metrics.source_errors.labels(self.source.name).inc()
+            log.warning("sweep: usage read failed, acting on nothing this sweep: %s", exc)
+            samples = {}
+        detected = self.clock()
+        for rec in candidates:
+            usage = samples.get(rec.uid)
+            if usage is None:
+                if not report.error:
+                    report.missing += 1
+                    self.metrics.skipped.labels("missing", self.source.name).inc()
+                    if not rec.missing_reported:
+                        log.info("no usage sample for pod=%s node=%s source=%s (not acted on until one arrives)",
+                                 rec.key, rec.node or "-", self.source.name)
+                        rec.missing_reported = True
+                continue
+            rec.missing_reported = False
+            age = detected - usage.timestamp
+            self.metrics.sample_age.labels(usage.source).observe(max(age, 0.0))
+            if age > self.max_sample_age:
+                report.stale += 1
+                self.metrics.skipped.labels("stale", usage.source).inc()
+                log.info("stale sample for pod=%s age=%.1fs > max-sample-age=%.0fs (not acted on)",
+                         rec.key, age, self.max_sample_age)
+                continue
+            report.sampled += 1
+            assert rec.policy is not None
+            decision = decide(rec.policy, usage, rec.breach_since)
+            rec.breach_since = decision.breach_since
+            if decision.verdict is Verdict.OK:
+                if rec.blocked_since is not None:
+                    log.info("pod=%s is back under its limit; dropping the pending eviction", rec.key)
+                self.enforcer.clear(rec)
+                continue
+            if decision.verdict is Verdict.WAIT or decision.breach is None or decision.breach_since is None:
+                continue
+            trigger = Trigger(decision.breach, usage.source, usage.timestamp, decision.breach_since, detected)
+            if rec.protected:
+                self._refuse(rec, trigger)
+                continue
+            result = self.enforcer.act(rec, trigger)
+            report.results[result] = report.results.get(result, 0) + 1
+        report.duration = time.perf_counter() - t0
+        self.metrics.sweep.observe(report.duration)
+        self.last = report
+        self.sweeps += 1
+        return report
+
+    def _refuse(self, rec: PodRecord, trigger: Trigger) -> None:
+        line = ActionLine("protected", rec, trigger.breach.usage, trigger.breach.limit.bytes,
+                          trigger.breach.limit.scope, trigger.source,
+                          max(0.0, trigger.detected_at - trigger.sample_time), detail=str(rec.protected))
+        self.recorder.action(line, REASON_PROTECTED, warning=True, once=True)
+
+    # -- the loop ------------------------------------------------------------------------------
+    def run(self) -> None:
+        next_sweep = self.clock()
+        while not self._stop.is_set():
+            self.heartbeat = time.monotonic()
+            now = self.clock()
+            if now >= next_sweep:
+                if self.is_leader():
+                    try:
+                        self.sweep_once()
+                    except Exception:  # a bug in one sweep must not stop the controller
+                        log.exception("sweep failed; the next sweep runs on schedule")
+                next_sweep = now + self.interval
+            elif self.is_leader():
+                self.enforcer.retry_due()
+            deadline = self.enforcer.next_deadline()
+            wake = next_sweep if deadline is None else min(next_sweep, deadline)
+            self._stop.wait(max(0.0, min(wake - self.clock(), self.interval)))
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self.run, name="sweep", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+

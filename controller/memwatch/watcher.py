@@ -1,0 +1,112 @@
+"""Feeds the :class:`~memwatch.podindex.PodIndex` from the API: a paged LIST, then a WATCH.
+
+Why not ``@kopf.index`` or ``@kopf.on.event``: measured on this kind of machine, kopf's pod index
+is superlinear in the pods of the cluster (2k pods: 39 s; 10k: never finished) and kopf lists
+unpaginated, with no server-side selectors. Here the LIST is paged (500 a page), parsed as raw
+JSON, narrowed server-side by field and label selectors, and only pods with ``memwatch.io/``
+annotations are kept. The WATCH resumes from the LIST's resourceVersion with bookmarks, and a
+410 Gone re-lists. Nothing is ever written to the pods.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterator, Mapping
+from typing import Any
+from urllib.parse import quote
+
+from memwatch.kube import ApiError, Gone, Kube
+from memwatch.podindex import PodIndex, PodRecord
+
+log = logging.getLogger("memwatch.watcher")
+
+#: Finished pods use no memory: the API server need not send them at all.
+ACTIVE_PODS = "status.phase!=Succeeded,status.phase!=Failed"
+
+
+class PodWatcher:
+    """One LIST+WATCH loop over one scope (cluster-wide, or one namespace), in its own thread."""
+
+    def __init__(self, kube: Kube, index: PodIndex, namespace: str | None = None,
+                 label_selector: str = "", field_selector: str = ACTIVE_PODS,
+                 page_size: int = 500, watch_timeout: int = 300) -> None:
+        self.kube = kube
+        self.index = index
+        self.namespace = namespace
+        self.label_selector = label_selector
+        self.field_selector = field_selector
+        self.page_size = page_size
+        self.watch_timeout = watch_timeout
+        self.synced = threading.Event()
+        self.resource_version = ""
+        self.lists = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def path(self) -> str:
+        return f"/api/v1/namespaces/{quote(self.namespace)}/pods" if self.namespace else "/api/v1/pods"
+
+    def _query(self) -> dict[str, Any]:
+        return {"labelSelector": self.label_selector, "fieldSelector": self.field_selector}
+
+    def _in_scope(self, record: PodRecord) -> bool:
+        return self.namespace is None or record.namespace == self.namespace
+
+    def _pages(self) -> Iterator[Mapping[str, Any]]:
+        for page in self.kube.list_pages(self.path, self._query(), limit=self.page_size):
+            self.resource_version = (page.get("metadata") or {}).get("resourceVersion", "")
+            yield from page.get("items") or ()
+
+    def list_once(self) -> None:
+        """LIST every page and make the index match it."""
+        self.index.replace(self._pages(), self._in_scope)
+        self.lists += 1
+        self.synced.set()
+
+    def watch_once(self) -> None:
+        """Follow the WATCH until it times out (returns) or expires (raises Gone)."""
+        for event in self.kube.watch(self.path, self.resource_version, self._query(), self.watch_timeout):
+            if self._stop.is_set():
+                return
+            kind = event.get("type")
+            obj = event.get("object") or {}
+            rv = (obj.get("metadata") or {}).get("resourceVersion")
+            if kind in ("ADDED", "MODIFIED"):
+                self.index.upsert(obj)
+            elif kind == "DELETED":
+                self.index.remove(obj)
+            if rv and kind in ("ADDED", "MODIFIED", "DELETED", "BOOKMARK"):
+                self.resource_version = rv
+
+    def run(self) -> None:
+        """LIST, then WATCH forever; re-LIST after a 410 or an error (with backoff)."""
+        backoff = 1.0
+        need_list = True
+        while not self._stop.is_set():
+            try:
+                if need_list:
+                    self.list_once()
+                    log.info("listed pods scope=%s watched=%d resourceVersion=%s",
+                             self.namespace or "cluster", len(self.index), self.resource_version)
+                    need_list = False
+                self.watch_once()
+                backoff = 1.0
+            except Gone:
+                log.info("watch expired scope=%s; listing again", self.namespace or "cluster")
+                need_list = True
+            except (ApiError, OSError, ValueError) as exc:
+                log.warning("pod watch failed scope=%s: %s; retrying in %.0fs",
+                            self.namespace or "cluster", exc, backoff)
+                need_list = need_list or not self.resource_version
+                if self._stop.wait(backoff):
+                    return
+                backoff = min(backoff * 2, 30.0)
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self.run, name=f"watch-{self.namespace or 'all'}", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
