@@ -18,7 +18,8 @@ from memwatch.controller import Controller
 
 
 @kopf.on.startup()
-def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: logging.Logger, **_: Any) -> None:
+def startup(settings: kopf.OperatorSettings, memo: Any, logger: logging.Logger | logging.LoggerAdapter[Any],
+            **_: Any) -> None:
     """Tune kopf so that it writes nothing, then start memwatch's engine (watchers and sweep)."""
     settings.posting.enabled = False  # kopf must not post its own Events; memwatch posts on pods itself
     settings.scanning.disabled = True  # no namespace/CRD scanning: memwatch watches pods itself
@@ -29,14 +30,14 @@ def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: logging.Lo
 
 
 @kopf.on.cleanup()
-def cleanup(memo: kopf.Memo, logger: logging.Logger, **_: Any) -> None:
+def cleanup(memo: Any, logger: logging.Logger | logging.LoggerAdapter[Any], **_: Any) -> None:
     """Stop the engine's threads on SIGTERM."""
     memo["engine"].stop()
     logger.info("memwatch stopped")
 
 
 @kopf.on.probe(id="memwatch")
-def probe(memo: kopf.Memo, **_: Any) -> dict[str, Any]:
+def probe(memo: Any, **_: Any) -> dict[str, Any]:
     """Liveness: fails (HTTP 500) when the sweep loop is stuck, so the kubelet restarts memwatch."""
     health: dict[str, Any] = memo["engine"].health()
     return health

@@ -36,7 +36,7 @@ class LabelSelector:
 
     @classmethod
     def parse(cls, text: str) -> LabelSelector:
-        reqs = []
+        reqs: list[tuple[str, str, frozenset[str]]] = []
         for part in _split(text):
             m = _REQ.match(part)
             if not m:

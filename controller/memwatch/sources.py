@@ -72,7 +72,7 @@ class MetricsApiSource:
                 raise SourceError(f"metrics-api: {exc}") from exc
             for item in data.get("items") or ():
                 meta = item.get("metadata") or {}
-                uid = by_key.get((meta.get("namespace"), meta.get("name")))
+                uid = by_key.get((str(meta.get("namespace")), str(meta.get("name"))))
                 if uid is None:
                     continue
                 ts = parse_time(item.get("timestamp"))

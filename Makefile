@@ -1,0 +1,78 @@
+# memwatch: `make help` lists the targets. The two set-up commands are `make demo` and `make test`.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+IMG ?= memwatch:dev
+KEEP ?= 0
+CLUSTER := hack/local-cluster.sh
+CLUSTER_ROOT ?= /var/lib/memwatch-cluster
+LOCAL_KUBECONFIG := $(CLUSTER_ROOT)/kubeconfig
+PYTEST_ARGS ?=
+
+.PHONY: help
+help: ## Show this help.
+	@awk 'BEGIN {FS = ":.*##"; printf "Usage: make <target>\n\n"} /^[a-zA-Z0-9_.-]+:.*##/ { printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2 }' $(MAKEFILE_LIST)
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $@
+
+.PHONY: install
+install: $(VENV)/.installed ## Create .venv and install memwatch with its test tools.
+
+.PHONY: lint
+lint: install ## ruff and mypy.
+	$(VENV)/bin/ruff check controller tests bench
+	$(VENV)/bin/mypy
+
+.PHONY: unit
+unit: install ## Fast tests: policy, sources (HTTP fakes), enforcer, chart rendering, agent cgroups.
+	$(VENV)/bin/pytest tests -m "not cluster and not e2e" $(PYTEST_ARGS)
+
+.PHONY: test
+test: install lint ## Everything CI runs: unit tests, then the real-cluster suites when this machine can run them.
+	$(VENV)/bin/pytest tests -m "not cluster and not e2e" $(PYTEST_ARGS)
+	@if bash $(CLUSTER) check; then \
+		$(MAKE) --no-print-directory e2e-local; \
+	else \
+		echo "############################################################################"; \
+		echo "## SKIPPED: real-cluster integration and e2e suites (see the line above)  ##"; \
+		echo "############################################################################"; \
+	fi
+
+.PHONY: cluster-up
+cluster-up: ## Bring up the Docker-less local cluster (builds Kubernetes 1.20.2 once, cached) and its images.
+	bash $(CLUSTER) up
+	bash $(CLUSTER) images
+
+.PHONY: cluster-down
+cluster-down: ## Stop the local cluster and remove what it created.
+	bash $(CLUSTER) down
+
+.PHONY: e2e-local
+e2e-local: install cluster-up ## Local cluster, install memwatch, integration + e2e suites, then down (KEEP=1 keeps it).
+	set -o pipefail; rc=0; \
+	KUBECONFIG=$(LOCAL_KUBECONFIG) $(VENV)/bin/pytest tests -m "cluster or e2e" $(PYTEST_ARGS) || rc=$$?; \
+	if [ "$(KEEP)" != "1" ]; then bash $(CLUSTER) down; fi; \
+	exit $$rc
+
+.PHONY: e2e
+e2e: install ## kind: create cluster, build + load image, metrics-server, install chart, run e2e, tear down (KEEP=1 keeps it).
+	bash tests/e2e/kind/run.sh
+
+.PHONY: demo
+demo: install ## Bring up a cluster (kind if Docker runs, else local), install memwatch, watch it evict a memory hog.
+	bash hack/demo.sh
+
+.PHONY: bench
+bench: install ## Benchmarks: print the figures table and write bench/results/<date>.md.
+	$(PY) bench/run.py
+
+.PHONY: clean
+clean: ## Remove the virtualenv and caches in the repo (not the Kubernetes build cache).
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis build dist controller/*.egg-info
