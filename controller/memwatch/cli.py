@@ -56,8 +56,6 @@ def _serve(settings: Settings, engine: object) -> int:
 
     import memwatch.handlers  # noqa: F401  (registers the handlers)
 
-    if settings.kubeconfig:
-        os.environ["KUBECONFIG"] = settings.kubeconfig  # kopf's own login reads it
     kopf.run(clusterwide=True, standalone=True, liveness_endpoint=settings.liveness or None,
              memo=kopf.Memo(engine=engine))
     return 0

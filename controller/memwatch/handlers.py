@@ -9,12 +9,24 @@ memwatch never writes to the pods it watches except to evict or delete them.
 
 from __future__ import annotations
 
+import itertools
 import logging
+from collections.abc import Iterator
 from typing import Any
 
 import kopf
 
 from memwatch.controller import Controller
+
+
+class RetryForever:
+    """kopf's API retry backoffs, never exhausted: a dead API server must not end the process.
+
+    An iterable (not an iterator), so every request starts its own sequence.
+    """
+
+    def __iter__(self) -> Iterator[float]:
+        return itertools.chain((1, 1, 2, 3, 5, 8, 13), itertools.repeat(30.0))
 
 
 @kopf.on.startup()
@@ -24,9 +36,16 @@ def startup(settings: kopf.OperatorSettings, memo: Any, logger: logging.Logger |
     settings.posting.enabled = False  # kopf must not post its own Events; memwatch posts on pods itself
     settings.scanning.disabled = True  # no namespace/CRD scanning: memwatch watches pods itself
     settings.peering.standalone = True  # HA is memwatch's Lease (--leader-elect), not kopf peering
+    settings.networking.error_backoffs = RetryForever()  # keep running through API outages
     engine: Controller | Any = memo["engine"]
     engine.start()
     logger.info("memwatch started")
+
+
+@kopf.on.login()
+def login(memo: Any, **_: Any) -> kopf.ConnectionInfo:
+    """kopf logs in with memwatch's own credentials (from --kubeconfig or in-cluster)."""
+    return kopf.ConnectionInfo(**memo["engine"].kube.credentials())
 
 
 @kopf.on.cleanup()

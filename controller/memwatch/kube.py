@@ -97,6 +97,22 @@ class Kube:
         self._lock = threading.Lock()
         self._eviction_version: str | None = None
 
+    def credentials(self) -> dict[str, Any]:
+        """The connection this client uses (server, CA, client cert, token), for kopf's login,
+        so kopf and memwatch always talk to the same cluster as the same identity."""
+        cfg = self.api.configuration
+        token = cfg.get_api_key_with_prefix("BearerToken") or ""
+        return {
+            "server": cfg.host,
+            "ca_path": cfg.ssl_ca_cert or None,
+            "insecure": not cfg.verify_ssl,
+            "certificate_path": cfg.cert_file or None,
+            "private_key_path": cfg.key_file or None,
+            "token": token.removeprefix("Bearer ").strip() or None,
+            "username": cfg.username or None,
+            "password": cfg.password or None,
+        }
+
     # -- plumbing ------------------------------------------------------------------------------
     def _request(self, method: str, path: str, query: Mapping[str, Any] | None = None,
                  body: Any = None, stream: bool = False, timeout: float | None = None,

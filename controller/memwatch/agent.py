@@ -1,0 +1,625 @@
+"""`memwatch agent`: the node-local fast path. One per node; acts before the kernel OOM killer does.
+
+Assembled like :mod:`memwatch.controller` from the same parts (policy, protections, index, enforcer,
+recorder), with these differences:
+
+* The watch is narrowed server-side to this node (``spec.nodeName=<node>``), so the agent's API
+  load is one LIST+WATCH of its own pods, whatever the size of the cluster.
+* Usage comes from the node's cgroup files (:class:`memwatch.cgroups.CgroupSource`), read every
+  ``--sample-period`` (100 ms) by one loop, no per-pod threads. The loop also wakes when the kernel
+  reports a threshold crossing (v1 eventfd on ``memory.usage_in_bytes``, v2 ``memory.events``).
+* Growth prediction: a short ring of samples per pod; when the growth rate will carry a container
+  past its hard limit (``limits.memory``) before the next sample plus the time the action takes
+  (:func:`memwatch.policy.seconds_to_cross`), the agent acts now. ``memwatch.io/predict: "false"``
+  turns it off.
+* Writes to the API (evictions, Events) run on one worker thread, so an unreachable API server
+  never stalls sampling. The kill rung needs no API and runs inline: ``memwatch.io/action: restart``
+  kills the container in place at its watch limit; ``--kill`` kills any watched container whose
+  eviction has not taken effect when it passes ``--kill-ceiling`` (after ``--kill-after``), or whose
+  hard limit is about to be crossed. Both are logged and Evented (``MemwatchKilled``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import logging
+import os
+import queue
+import select
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
+
+import psutil
+from prometheus_client import Gauge, Histogram
+
+from memwatch.cgroups import CgroupReader, CgroupSource, Hierarchy, ProcessSource, Unreadable, Vanished, top_processes
+from memwatch.controller import enforcer_settings
+from memwatch.enforcer import Enforcer, Trigger
+from memwatch.kube import Kube, load_client
+from memwatch.observability import (
+    LATENCY_BUCKETS,
+    REASON_DRY_RUN,
+    REASON_FAILED,
+    REASON_KILLED,
+    REASON_PROTECTED,
+    ActionLine,
+    Metrics,
+    Recorder,
+    _event_message,  # the Event text for a line logged here already (Recorder.action would log it late)
+)
+from memwatch.podindex import PodIndex, PodRecord
+from memwatch.policy import Action, Breach, Limit, Policy, Usage, Verdict, decide, seconds_to_cross
+from memwatch.quantity import format_bytes
+from memwatch.settings import Settings
+from memwatch.watcher import ACTIVE_PODS, PodWatcher
+
+log = logging.getLogger("memwatch.agent")
+
+#: Samples kept per pod (a ring): enough for a growth rate, small enough to stay bounded.
+HISTORY = 10
+#: Samples the growth rate is fitted over: ~300 ms at 100 ms, so a leak that just started counts.
+PREDICT_WINDOW = 4
+#: Starting guesses for how long an action takes, refined by measurement (an EWMA).
+INITIAL_ACTION_SECONDS = {"kill": 0.005, "evict": 0.05}
+SELF_CHECK_SECONDS = 1.0
+
+
+@dataclass(slots=True)
+class PodState:
+    """The agent's per-pod memory: a bounded ring of samples and what it already did."""
+
+    history: deque[tuple[float, dict[str, int], int]]  # (sample time, container bytes, pod total)
+    policy: Policy | None = None  # the policy the kernel thresholds were registered for
+    evicting_since: float | None = None  # epoch: first eviction (or other enforcer action) submitted
+    killed: dict[str, tuple[float, str]] = field(default_factory=dict)  # container -> (when, its CRI id)
+    refused: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ActionTiming:
+    """One action's timestamps (epoch): for the log line, the histogram and the benchmark."""
+
+    uid: str
+    result: str
+    container: str | None
+    crossed_at: float
+    detected_at: float
+    acted_at: float
+    predicted: bool
+
+
+class ActionWorker:
+    """One thread that makes every API call (enforcer actions, Events): the loop never waits on them.
+
+    Jobs are keyed by pod so one pod never has two in flight. After each job, and at least four
+    times a second, it retries the enforcer's due actions (a blocked eviction, a failed one).
+    """
+
+    def __init__(self, enforcer: Enforcer) -> None:
+        self.enforcer = enforcer
+        self.busy: set[str] = set()
+        self._q: queue.SimpleQueue[tuple[str | None, Callable[[], None]]] = queue.SimpleQueue()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def submit(self, fn: Callable[[], None], key: str | None = None) -> bool:
+        if key is not None:
+            if key in self.busy:
+                return False
+            self.busy.add(key)
+        self._q.put((key, fn))
+        return True
+
+    def run_pending(self, block: float = 0.0) -> None:
+        """Run queued jobs (tests call this directly instead of starting the thread)."""
+        while True:
+            try:
+                key, fn = self._q.get(timeout=block) if block else self._q.get_nowait()
+            except queue.Empty:
+                break
+            block = 0.0
+            try:
+                fn()
+            except Exception:
+                log.exception("agent action failed")
+            finally:
+                if key is not None:
+                    self.busy.discard(key)
+        try:
+            self.enforcer.retry_due()
+        except Exception:
+            log.exception("agent retry failed")
+
+    def run(self) -> None:
+        while not self._stop.is_set():
+            self.run_pending(block=0.25)
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self.run, name="agent-actions", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+def _interpolate(t0: float, v0: int, t1: float, v1: int, level: int) -> float:
+    """When a straight line from (t0, v0) to (t1, v1) passed ``level``."""
+    if v1 <= v0 or t1 <= t0:
+        return t1
+    return t0 + (level - v0) / (v1 - v0) * (t1 - t0)
+
+
+class Agent:
+    """`memwatch agent`: sample this node's watched pods' cgroups, predict, and act before the kernel."""
+
+    def __init__(self, settings: Settings, kube: Kube | None = None, source: CgroupSource | None = None,
+                 metrics: Metrics | None = None, clock: Callable[[], float] = time.time,
+                 watch: bool = True) -> None:
+        if not settings.node_name:
+            raise ValueError("memwatch agent needs --node-name (or $NODE_NAME from the downward API)")
+        self.settings = settings
+        self.node = settings.node_name
+        self.clock = clock
+        self.kube = kube if kube is not None or not watch else Kube(load_client(settings.kubeconfig))
+        self.metrics = metrics or Metrics()
+        self.recorder = Recorder(self.kube, self.metrics, host=settings.pod_name or f"memwatch-agent/{self.node}")
+        self.index = PodIndex(settings.defaults, settings.protections.reason)
+        node_field = f"spec.nodeName={self.node},{ACTIVE_PODS}"
+        scopes: list[str | None] = list(settings.namespaces) or [None]
+        self.watchers: list[PodWatcher] = []
+        if watch and self.kube is not None:
+            self.watchers = [PodWatcher(self.kube, self.index, ns, settings.label_selector, node_field)
+                             for ns in scopes]
+        self.source = source or CgroupSource(Hierarchy.detect(settings.cgroup_root), clock=clock)
+        self.fallback = ProcessSource(clock=clock)
+        self.enforcer = Enforcer(self.kube, self.recorder, enforcer_settings(settings), clock=clock)
+        self.worker = ActionWorker(self.enforcer)
+        self.states: dict[str, PodState] = {}
+        self.history_len = HISTORY
+        self.action_seconds = dict(INITIAL_ACTION_SECONDS)
+        self.timings: deque[ActionTiming] = deque(maxlen=1000)
+        self.ticks = 0
+        self.last_tick = 0.0
+        self.heartbeat = time.monotonic()
+        self.rss = 0
+        self.over_ceiling = False
+        self._self_checked = -1e18
+        self._events_ok = True
+        self._poll: Any = None  # select.poll
+        self._poll_fds: dict[int, CgroupReader | None] = {}
+        self._poll_key: tuple[int, ...] = ()
+        self._wake = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._rss_gauge = Gauge("memwatch_agent_rss_bytes", "The node agent's own resident memory.",
+                                registry=self.metrics.registry)
+        self._tick_hist = Histogram("memwatch_agent_sample_duration_seconds",
+                                    "Time for one agent sample of every watched pod on the node.",
+                                    buckets=LATENCY_BUCKETS, registry=self.metrics.registry)
+
+    # -- one sample of every pod -----------------------------------------------------------------
+    def _kill_rung(self, policy: Policy) -> bool:
+        return self.settings.kill or policy.action is Action.RESTART
+
+    def tick(self) -> int:
+        """Sample every watched pod on this node once, decide and act. Returns pods sampled."""
+        t0 = time.perf_counter()
+        live: list[PodRecord] = []
+        for rec in self.index.snapshot():
+            if rec.policy is None:
+                if not rec.announced:
+                    rec.announced = True
+                    self.worker.submit(partial(self.recorder.invalid, rec))
+                continue
+            if rec.warnings and not rec.announced:
+                rec.announced = True
+                self.worker.submit(partial(self.recorder.warnings, rec))
+            if rec.phase in ("Succeeded", "Failed") or (rec.node and rec.node != self.node):
+                continue
+            finished = rec.terminating or rec.acted is not None
+            if finished and not self.settings.kill:
+                continue  # evicted or going: only the last-resort kill rung still cares
+            live.append(rec)
+        missing: list[PodRecord] = []
+        sampled = 0
+        for rec in live:
+            usage = self.source.sample(rec)
+            if usage is None:
+                if rec.container_ids and rec.uid in self.source.problems:
+                    missing.append(rec)
+                continue
+            self._evaluate(rec, usage)
+            sampled += 1
+        if missing:  # cgroups unreadable: psutil's RSS, at its own slower cadence
+            for rec in missing:
+                usage = self.fallback.fetch([rec]).get(rec.uid)
+                if usage is not None:
+                    self._evaluate(rec, usage)
+                    sampled += 1
+        uids = {r.uid for r in live}
+        self.source.prune(uids)
+        for uid in [u for u in self.states if u not in uids]:
+            del self.states[uid]
+        self._sync_events()
+        self._self_check()
+        self.ticks += 1
+        self.last_tick = time.perf_counter() - t0
+        self._tick_hist.observe(self.last_tick)
+        return sampled
+
+    def _state(self, rec: PodRecord) -> PodState:
+        st = self.states.get(rec.uid)
+        if st is None:
+            st = self.states[rec.uid] = PodState(deque(maxlen=self.history_len))
+        return st
+
+    def _evaluate(self, rec: PodRecord, usage: Usage) -> None:
+        policy = rec.policy
+        assert policy is not None
+        st = self._state(rec)
+        st.history.append((usage.timestamp, dict(usage.containers), usage.total))
+        if rec.terminating or rec.acted is not None or rec.uid in self.worker.busy \
+                or st.evicting_since is not None:
+            self._last_resort(rec, usage, st)
+            return
+        decision = decide(policy, usage, rec.breach_since)
+        predicted = None
+        if decision.verdict is not Verdict.ACT and policy.predict:
+            predicted = self._predict(policy, st, self._horizon(policy))
+        if decision.verdict is Verdict.OK and predicted is None:
+            rec.breach_since = None
+            if rec.blocked_since is not None or rec.next_attempt:
+                self.worker.submit(partial(self.enforcer.clear, rec), rec.uid)
+            return
+        if decision.verdict is not Verdict.ACT and predicted is None:
+            rec.breach_since = decision.breach_since  # over, but not yet for memwatch.io/for
+            if self.settings.kill:
+                self._last_resort(rec, usage, st)
+            return
+        # About to act: never on a stale inactive-file figure. Read once more, fresh, and decide again.
+        if usage.source == self.source.name:
+            fresh = self.source.sample(rec, fresh=True)
+            if fresh is None:
+                return  # vanished in between: nothing to act on
+            usage = fresh
+            st.history[-1] = (usage.timestamp, dict(usage.containers), usage.total)
+            decision = decide(policy, usage, rec.breach_since)
+            predicted = None
+            if decision.verdict is not Verdict.ACT and policy.predict:
+                predicted = self._predict(policy, st, self._horizon(policy))
+            if decision.verdict is not Verdict.ACT and predicted is None:
+                rec.breach_since = decision.breach_since
+                return
+        detected = self.clock()
+        rec.breach_since = decision.breach_since
+        trigger, container = self._trigger(policy, usage, st, decision.breach, decision.breach_since, predicted,
+                                            detected)
+        if predicted is not None:
+            name, seconds, hard = predicted
+            log.info("predicted: pod=%s container=%s usage=%s crosses its hard limit %s in %.0fms; acting now",
+                     rec.key, name, format_bytes(usage.containers.get(name, usage.total)), format_bytes(hard),
+                     seconds * 1000)
+        if rec.protected:
+            if not st.refused:
+                st.refused = True
+                self._record(ActionLine("protected", rec, trigger.breach.usage, trigger.breach.limit.bytes,
+                                        trigger.breach.limit.scope, trigger.source, 0.0, detail=str(rec.protected)),
+                             REASON_PROTECTED, warning=True, once=True)
+            return
+        if policy.action is Action.RESTART and not self.settings.dry_run:
+            self._kill(rec, st, usage, trigger, container, "memwatch.io/action: restart",
+                       predicted is not None)
+            return
+        self._submit_enforcer(rec, st, trigger, predicted is not None)
+
+    def _horizon(self, policy: Policy) -> float:
+        kind = "kill" if policy.action is Action.RESTART else "evict"
+        return self.settings.sample_period + self.action_seconds[kind]
+
+    def _predict(self, policy: Policy, st: PodState, horizon: float) -> tuple[str, float, int] | None:
+        """(container, seconds to its hard limit, the limit) when it will be crossed within ``horizon``."""
+        if len(st.history) < 2:
+            return None
+        (t1, c1, _), (t2, c2, _) = st.history[-2], st.history[-1]
+        for name, hard in policy.container_hard_limits:
+            v1, v2 = c1.get(name), c2.get(name)
+            if v2 is None:
+                continue
+            if v2 >= hard:
+                return name, 0.0, hard
+            if v1 is None or t2 <= t1 or v2 <= v1:
+                continue
+            # Cheap test first: only a container heading for its limit gets the least-squares fit.
+            if (hard - v2) / ((v2 - v1) / (t2 - t1)) > 4 * horizon:
+                continue
+            window = list(st.history)[-PREDICT_WINDOW:]
+            series = [(t, c[name]) for t, c, _ in window if name in c]
+            seconds = seconds_to_cross(series, hard)
+            if seconds is not None and seconds < horizon:
+                return name, seconds, hard
+        return None
+
+    def _trigger(self, policy: Policy, usage: Usage, st: PodState, breach: Breach | None,
+                 breach_since: float | None, predicted: tuple[str, float, int] | None,
+                 detected: float) -> tuple[Trigger, str | None]:
+        """The trigger for the enforcer and the log line, and the container to kill if it comes to that."""
+        if breach is None:
+            assert predicted is not None
+            name = predicted[0]
+            limit = next((lim for lim in policy.limits if lim.container == name),
+                         next((lim for lim in policy.limits if lim.container is None), policy.limits[0]))
+            breach = Breach(limit, usage.containers.get(name, usage.total) if limit.container else usage.total)
+            return Trigger(breach, usage.source, usage.timestamp, detected, detected), name
+        container = breach.limit.container
+        if container is None and usage.containers:
+            container = max(usage.containers, key=lambda n: usage.containers[n])
+        crossed = usage.timestamp
+        if len(st.history) >= 2:
+            (t0, c0, p0), (t1, c1, p1) = st.history[-2], st.history[-1]
+            v0 = p0 if breach.limit.container is None else c0.get(breach.limit.container)
+            v1 = p1 if breach.limit.container is None else c1.get(breach.limit.container)
+            if v0 is not None and v1 is not None and v0 <= breach.limit.bytes < v1:
+                crossed = _interpolate(t0, v0, t1, v1, breach.limit.bytes)
+        if breach_since is not None and breach_since < usage.timestamp:
+            crossed = min(crossed, breach_since)  # over for a while (memwatch.io/for): since then
+        return Trigger(breach, usage.source, usage.timestamp, crossed, detected), container
+
+    def _submit_enforcer(self, rec: PodRecord, st: PodState, trigger: Trigger, predicted: bool) -> None:
+        if rec.next_attempt > self.clock():
+            return
+        if st.evicting_since is None:
+            st.evicting_since = self.clock()
+
+        def job() -> None:
+            t0 = self.clock()
+            result = self.enforcer.act(rec, trigger)
+            done = self.clock()
+            self._learn("evict", done - t0)
+            if result in ("evicted", "deleted", "escalated", "would-evict", "would-delete", "would-restart"):
+                self.timings.append(ActionTiming(rec.uid, result, None, trigger.crossed_at, trigger.detected_at,
+                                                 done, predicted))
+            elif result in ("failed", "rate-limited", "waiting"):
+                # Not in effect: keep deciding each sample (the enforcer retries on its own schedule).
+                st.evicting_since = None if result != "failed" else st.evicting_since
+
+        self.worker.submit(job, rec.uid)
+
+    def _learn(self, kind: str, seconds: float) -> None:
+        self.action_seconds[kind] = min(1.0, max(0.001, 0.8 * self.action_seconds[kind] + 0.2 * seconds))
+
+    # -- the kill rung ---------------------------------------------------------------------------
+    def _last_resort(self, rec: PodRecord, usage: Usage, st: PodState) -> None:
+        """``--kill``: a container past ``--kill-ceiling`` whose eviction has not taken effect within
+        ``--kill-after``, or one about to cross its hard limit (the kernel would kill it anyway)."""
+        policy = rec.policy
+        if not self.settings.kill or policy is None or rec.protected:
+            return
+        now = self.clock()
+        horizon = self.settings.sample_period + self.action_seconds["kill"]
+        imminent = self._predict(policy, st, horizon) if policy.predict else None
+        for name, hard in policy.container_hard_limits:
+            used = usage.containers.get(name)
+            if used is None:
+                continue
+            over = used >= hard * self.settings.kill_ceiling / 100
+            soon = imminent is not None and imminent[0] == name
+            if not (over or soon):
+                continue
+            cid = dict(rec.container_ids).get(name, "")
+            if name in st.killed and st.killed[name][1] == cid and now - st.killed[name][0] < self.settings.kill_after:
+                continue  # just killed this very container: give the kernel time to free it
+            waited = None if st.evicting_since is None else now - st.evicting_since
+            if not soon and (waited is None or waited < self.settings.kill_after):
+                continue
+            limit = next((lim for lim in policy.limits if lim.container == name), policy.limits[0])
+            trigger = Trigger(Breach(limit, used), usage.source, usage.timestamp, usage.timestamp, now)
+            why = (f"last resort: {name} predicted to cross its hard limit {format_bytes(hard)}" if soon else
+                   f"last resort: {name} is over --kill-ceiling={self.settings.kill_ceiling:g}% of "
+                   f"{format_bytes(hard)} and the eviction has not taken effect after {waited or 0:.1f}s")
+            if self.settings.dry_run:
+                if not self.recorder.already(rec.uid, [REASON_DRY_RUN + ":kill"]):
+                    self.recorder.remember(rec.uid, REASON_DRY_RUN + ":kill")
+                    self._record(self._line("would-kill", rec, trigger, None, why), REASON_DRY_RUN)
+                continue
+            self._kill(rec, st, usage, trigger, name, why, soon)
+
+    def _kill(self, rec: PodRecord, st: PodState, usage: Usage, trigger: Trigger, container: str | None,
+              why: str, predicted: bool) -> None:
+        """SIGKILL the container's processes now; log and Event it (the Event on the worker thread)."""
+        entry = self.source.pods.get(rec.uid)
+        reader = None if entry is None or container is None else entry.containers.get(container)
+        if reader is None:
+            self._record(self._line("failed", rec, trigger, None,
+                                    f"{why}: no cgroup for container {container!r} to kill"),
+                         REASON_FAILED, warning=True, once=True)
+            return
+        t0 = self.clock()
+        try:
+            pids = reader.procs()
+            top = top_processes(pids)
+            sent = reader.kill()
+        except Vanished:
+            return  # it ended on its own
+        except (Unreadable, PermissionError) as exc:
+            self._record(self._line("failed", rec, trigger, None, f"{why}: kill failed: {exc}"),
+                         REASON_FAILED, warning=True, once=True)
+            return
+        acted = self.clock()
+        self._learn("kill", acted - t0)
+        assert container is not None
+        st.killed[container] = (acted, dict(rec.container_ids).get(container, ""))
+        st.history.clear()
+        rec.breach_since = None
+        self.timings.append(ActionTiming(rec.uid, "killed", container, trigger.crossed_at, trigger.detected_at,
+                                         acted, predicted))
+        detail = (f"{why}; SIGKILL to {sent} process(es) of container {container}"
+                  + (f"; top: {' '.join(str(p) for p in top)}" if top else ""))
+        line = self._line("killed", rec, trigger, acted, detail)
+        self.metrics.latency.labels("killed", trigger.source).observe(acted - trigger.detected_at)
+        self._record(line, REASON_KILLED, warning=True)
+
+    def _line(self, result: str, rec: PodRecord, trigger: Trigger, acted: float | None, detail: str) -> ActionLine:
+        lim: Limit = trigger.breach.limit
+        return ActionLine(result, rec, trigger.breach.usage, lim.bytes, lim.scope, trigger.source,
+                          max(0.0, trigger.detected_at - trigger.sample_time),
+                          None if acted is None else acted - trigger.detected_at,
+                          trigger.detected_at, trigger.crossed_at, acted, detail)
+
+    def _record(self, line: ActionLine, reason: str, warning: bool = False, once: bool = False) -> None:
+        """Log now; post the Event from the worker thread (the API may be slow or unreachable)."""
+        (log.warning if warning else log.info)(line.format())
+        self.worker.submit(lambda: self._post(line, reason, warning, once))
+
+    def _post(self, line: ActionLine, reason: str, warning: bool, once: bool) -> None:
+        if once and self.recorder.already(line.record.uid, [reason]):
+            return
+        self.metrics.actions.labels(line.result, line.source or "-").inc()
+        self.recorder.event(line.record, reason, _event_message(line), warning)
+        self.recorder.remember(line.record.uid, reason)
+
+    # -- kernel notifications ------------------------------------------------------------------------
+    def _sync_events(self) -> None:
+        """Register kernel thresholds for new or changed cgroups; rebuild the poll set when it changed."""
+        if not self._events_ok:
+            return
+        for uid, entry in self.source.pods.items():
+            st = self.states.get(uid)
+            rec = self.index.get(uid)
+            if st is None or rec is None or rec.policy is None:
+                continue
+            for name, reader in entry.containers.items():
+                wanted = self._thresholds(rec.policy, name)
+                if reader.thresholds == wanted:
+                    continue
+                try:
+                    reader.watch_thresholds(wanted)
+                except Vanished:
+                    continue
+                except Unreadable as exc:
+                    self._events_ok = False
+                    log.warning("kernel memory notifications unavailable (%s); sampling every %.0fms only",
+                                exc, self.settings.sample_period * 1000)
+                    return
+        key = tuple(fd for entry in self.source.pods.values() for r in entry.containers.values()
+                    for fd in (*r.events, *([r.events_fd] if r.events_fd is not None else [])))
+        if key != self._poll_key or self._poll is None:
+            poll = select.poll()
+            poll.register(self._wake, select.POLLIN)
+            self._poll_fds = {self._wake: None}
+            for entry in self.source.pods.values():
+                for r in entry.containers.values():
+                    for fd in r.events:
+                        poll.register(fd, select.POLLIN)
+                        self._poll_fds[fd] = r
+                    if r.events_fd is not None:
+                        poll.register(r.events_fd, select.POLLPRI)
+                        self._poll_fds[r.events_fd] = r
+            self._poll, self._poll_key = poll, key
+
+    def _thresholds(self, policy: Policy, container: str) -> tuple[int, ...]:
+        values = {lim.bytes for lim in policy.limits if lim.container in (None, container)}
+        hard = dict(policy.container_hard_limits).get(container)
+        if hard is not None and self._kill_rung(policy):
+            values.add(int(hard * self.settings.kill_ceiling / 100))
+        return tuple(sorted(values))
+
+    def wait(self, seconds: float) -> bool:
+        """Sleep until the next sample is due or the kernel reports a crossing. True when woken early."""
+        if self._poll is None:
+            self._stop.wait(seconds)
+            return False
+        ready = self._poll.poll(max(0, int(seconds * 1000)))
+        for fd, _ in ready:
+            reader = self._poll_fds.get(fd)
+            with contextlib.suppress(OSError):
+                if reader is not None and fd == reader.events_fd:
+                    os.pread(fd, 4096, 0)  # v2: re-arm the notification
+                else:
+                    os.read(fd, 8)  # eventfd: reset its counter
+        return bool(ready)
+
+    # -- its own memory --------------------------------------------------------------------------------
+    def _self_check(self) -> None:
+        now = time.monotonic()
+        if now - self._self_checked < SELF_CHECK_SECONDS:
+            return
+        self._self_checked = now
+        try:
+            self.rss = psutil.Process().memory_info().rss
+        except psutil.Error:
+            return
+        self._rss_gauge.set(self.rss)
+        over = self.rss > self.settings.memory_ceiling
+        if over and not self.over_ceiling:
+            log.warning("agent memory %s is over --memory-ceiling=%s: keeping 2 samples per pod instead of %d",
+                        format_bytes(self.rss), format_bytes(self.settings.memory_ceiling), HISTORY)
+            self.history_len = 2
+            for st in self.states.values():
+                st.history = deque(st.history, maxlen=2)
+            gc.collect()
+        elif not over and self.over_ceiling:
+            log.info("agent memory %s is back under --memory-ceiling", format_bytes(self.rss))
+            self.history_len = HISTORY
+        self.over_ceiling = over
+
+    # -- the loop ------------------------------------------------------------------------------------
+    def run(self) -> None:
+        period = self.settings.sample_period
+        next_tick = time.monotonic()
+        while not self._stop.is_set():
+            self.heartbeat = time.monotonic()
+            if self.heartbeat >= next_tick:
+                try:
+                    self.tick()
+                except Exception:  # a bug in one sample must not stop the agent
+                    log.exception("agent sample failed; the next one runs on schedule")
+                next_tick = self.heartbeat + period
+            if self.wait(max(0.0, next_tick - time.monotonic())):
+                next_tick = time.monotonic()  # the kernel says a threshold was crossed: sample now
+
+    def start(self) -> None:
+        self.metrics.serve(self.settings.metrics_port)
+        for w in self.watchers:
+            w.start()
+        self.worker.start()
+        self._thread = threading.Thread(target=self.run, name="agent", daemon=True)
+        self._thread.start()
+        log.info("agent started: node=%s cgroup v%d at %s, sample-period=%.0fms kill=%s dry_run=%s",
+                 self.node, self.source.hierarchy.version, self.source.hierarchy.memory_root,
+                 self.settings.sample_period * 1000, self.settings.kill, self.settings.dry_run)
+
+    def stop(self) -> None:
+        self._stop.set()
+        with contextlib.suppress(OSError):
+            os.eventfd_write(self._wake, 1)
+        for w in self.watchers:
+            w.stop()
+        self.worker.stop()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        for uid in list(self.source.pods):
+            self.source.forget(uid)
+
+    def health(self) -> dict[str, Any]:
+        """For kopf's liveness probe. Raises when the sampling loop is stuck."""
+        stalled = time.monotonic() - self.heartbeat
+        if stalled > max(30.0, 50 * self.settings.sample_period):
+            raise RuntimeError(f"agent sampling loop stalled for {stalled:.0f}s")
+        return {
+            "node": self.node,
+            "watched": len(self.index),
+            "synced": all(w.synced.is_set() for w in self.watchers),
+            "samples": self.ticks,
+            "last_sample_seconds": round(self.last_tick, 5),
+            "rss_bytes": self.rss,
+            "over_memory_ceiling": self.over_ceiling,
+            "kernel_notifications": self._events_ok,
+        }
+
+
