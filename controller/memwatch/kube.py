@@ -194,7 +194,7 @@ class Kube:
         resp = self._request("GET", path, q, stream=True, timeout=timeout_seconds + 30)
         buffer = b""
         try:
-            for chunk in resp.stream(64 * 1024, decode_content=True):
+            for chunk in self._chunks(resp):
                 buffer += chunk
                 while b"\n" in buffer:
                     line, buffer = buffer.split(b"\n", 1)
@@ -210,6 +210,14 @@ class Kube:
                     yield event
         finally:
             resp.release_conn()
+
+    @staticmethod
+    def _chunks(resp: urllib3.BaseHTTPResponse) -> Iterator[bytes]:
+        """The body's chunks; a connection dropped mid-stream becomes an ApiError (status 0)."""
+        try:
+            yield from resp.stream(64 * 1024, decode_content=True)
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            raise ApiError(0, "stream interrupted", str(exc)) from exc
 
     # -- writes (callers: memwatch.enforcer and memwatch.leader only) ---------------------------
     def eviction_version(self) -> str:

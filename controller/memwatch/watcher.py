@@ -96,9 +96,9 @@ class PodWatcher:
             except Gone:
                 log.info("watch expired scope=%s; listing again", self.namespace or "cluster")
                 need_list = True
-            except (ApiError, OSError, ValueError) as exc:
-                log.warning("pod watch failed scope=%s: %s; retrying in %.0fs",
-                            self.namespace or "cluster", exc, backoff)
+            except Exception as exc:  # the watch must outlive any error; it re-lists
+                log.warning("pod watch failed scope=%s: %s%s; retrying in %.0fs", self.namespace or "cluster",
+                            "" if isinstance(exc, ApiError) else type(exc).__name__ + ": ", exc, backoff)
                 need_list = need_list or not self.resource_version
                 if self._stop.wait(backoff):
                     return
