@@ -145,15 +145,15 @@ class Sweeper:
         while not self._stop.is_set():
             self.heartbeat = time.monotonic()
             now = self.clock()
-            if now >= next_sweep:
-                if self.is_leader():
-                    try:
+            try:
+                if now >= next_sweep:
+                    next_sweep = now + self.interval
+                    if self.is_leader():
                         self.sweep_once()
-                    except Exception:  # a bug in one sweep must not stop the controller
-                        log.exception("sweep failed; the next sweep runs on schedule")
-                next_sweep = now + self.interval
-            elif self.is_leader():
-                self.enforcer.retry_due()
+                elif self.is_leader():
+                    self.enforcer.retry_due()
+            except Exception:  # a bug or an odd API answer in one sweep must not stop the controller
+                log.exception("sweep failed; the next sweep runs on schedule")
             deadline = self.enforcer.next_deadline()
             wake = next_sweep if deadline is None else min(next_sweep, deadline)
             self._stop.wait(max(0.0, min(wake - self.clock(), self.interval)))
