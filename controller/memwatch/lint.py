@@ -23,20 +23,48 @@ TEMPLATE_KINDS = {"Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job",
 def pod_templates(obj: Mapping[str, Any]) -> Iterator[tuple[str, Mapping[str, Any], Mapping[str, Any]]]:
     """(label, pod metadata, pod spec) for every pod or pod template in a manifest object."""
     kind = obj.get("kind")
-    name = (obj.get("metadata") or {}).get("name", "?")
+    if not isinstance(kind, str):
+        return  # not a Kubernetes object (and an unhashable kind must not crash the linter)
+    name = _map(obj.get("metadata")).get("name", "?")
     label = f"{kind}/{name}"
     if kind == "List":
-        for item in obj.get("items") or ():
+        items = obj.get("items")
+        for item in items if isinstance(items, list) else ():
             if isinstance(item, Mapping):
                 yield from pod_templates(item)
     elif kind == "Pod":
-        yield label, obj.get("metadata") or {}, obj.get("spec") or {}
+        yield label, _map(obj.get("metadata")), _map(obj.get("spec"))
     elif kind in TEMPLATE_KINDS:
-        tpl = (obj.get("spec") or {}).get("template") or {}
-        yield label, tpl.get("metadata") or {}, tpl.get("spec") or {}
+        tpl = _map(_map(obj.get("spec")).get("template"))
+        yield label, _map(tpl.get("metadata")), _map(tpl.get("spec"))
     elif kind == "CronJob":
-        tpl = (((obj.get("spec") or {}).get("jobTemplate") or {}).get("spec") or {}).get("template") or {}
-        yield label, tpl.get("metadata") or {}, tpl.get("spec") or {}
+        tpl = _map(_map(_map(_map(obj.get("spec")).get("jobTemplate")).get("spec")).get("template"))
+        yield label, _map(tpl.get("metadata")), _map(tpl.get("spec"))
+
+
+def _map(value: Any) -> Mapping[str, Any]:
+    """``value`` if it is a mapping, else empty: hand-written YAML can put anything anywhere."""
+    return value if isinstance(value, Mapping) else {}
+
+
+def _malformed(spec: Mapping[str, Any]) -> str | None:
+    """What is structurally wrong with a pod spec's containers, or None (the API server would
+    reject such a manifest; the linter must say so rather than crash)."""
+    containers = spec.get("containers")
+    if containers is None:
+        return None
+    if not isinstance(containers, list):
+        return "spec.containers is not a list"
+    for i, c in enumerate(containers):
+        if not isinstance(c, Mapping):
+            return f"spec.containers[{i}] is not a mapping"
+        resources = c.get("resources")
+        if resources is not None and not isinstance(resources, Mapping):
+            return f"spec.containers[{i}].resources is not a mapping"
+        limits = (resources or {}).get("limits")
+        if limits is not None and not isinstance(limits, Mapping):
+            return f"spec.containers[{i}].resources.limits is not a mapping"
+    return None
 
 
 def lint_stream(name: str, stream: TextIO, out: TextIO) -> tuple[int, int]:
@@ -51,12 +79,18 @@ def lint_stream(name: str, stream: TextIO, out: TextIO) -> tuple[int, int]:
         if not isinstance(doc, Mapping):
             continue
         for label, meta, spec in pod_templates(doc):
-            annotations = meta.get("annotations") or {}
-            if not isinstance(annotations, Mapping) or not is_watched(annotations):
+            annotations = _map(meta.get("annotations"))
+            annotations = {k: v for k, v in annotations.items() if isinstance(k, str)}
+            if not is_watched(annotations):
                 continue
             found += 1
+            malformed = _malformed(spec)
+            if malformed:
+                print(f"{name}: {label}: error: {malformed}", file=out)
+                errors += 1
+                continue
             try:
-                policy = template_policy(meta, spec)
+                policy = template_policy({"annotations": annotations}, spec)
             except InvalidPolicy as exc:
                 for problem in exc.problems:
                     print(f"{name}: {label}: error: {problem}", file=out)
@@ -80,6 +114,10 @@ def main(paths: list[str], out: TextIO = sys.stdout) -> int:
             else:
                 with open(path, encoding="utf-8") as fh:
                     found, bad = lint_stream(path, fh, out)
+        except UnicodeDecodeError as exc:
+            print(f"{path}: error: not UTF-8 text: {exc}", file=out)
+            errors += 1
+            continue
         except OSError as exc:
             print(f"{path}: error: {exc.strerror or exc}", file=out)
             errors += 1
