@@ -266,8 +266,10 @@ def _closest(key: str) -> str | None:
     """The known key a typo most likely meant (a cheap edit-distance check)."""
     import difflib
 
-    matches = difflib.get_close_matches(key, sorted(KNOWN_KEYS), n=1, cutoff=0.75)
-    return matches[0] if matches else None
+    # Compare what follows the shared prefix: with it, every memwatch.io/ key looked "close".
+    known = {k[len(PREFIX):]: k for k in KNOWN_KEYS}
+    matches = difflib.get_close_matches(key[len(PREFIX):], sorted(known), n=1, cutoff=0.6)
+    return known[matches[0]] if matches else None
 
 
 # ---------------------------------------------------------------------------------------------
