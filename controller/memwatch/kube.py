@@ -142,7 +142,7 @@ class Kube:
             cls = Gone if resp.status == 410 else ApiError
             raise cls(resp.status, resp.reason or "", data)
         if not stream:
-            resp.read()  # fully buffered; .data holds it
+            resp.read(cache_content=True)  # fully buffered; .data holds it (urllib3 2 caches only if asked)
             resp.release_conn()
         return resp
 
