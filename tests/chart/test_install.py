@@ -1,0 +1,316 @@
+"""Install the chart on the real Docker-less local cluster with the real Helm
+engine (helm-python-sdk), and prove that its RBAC is enough and not more:
+the controller, running as its own ServiceAccount, evicts an annotated pod
+over its limit, and that ServiceAccount is refused what it must not do.
+
+Needs `hack/local-cluster.sh up` and `hack/local-cluster.sh images`
+(images docker.io/library/memwatch:dev and memwatch-hog:dev in the node's
+containerd); skips loudly otherwise. KEEP=1 leaves the release installed.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import helm_python
+import kubernetes
+import pytest
+from kubernetes.client.rest import ApiException
+
+from .chartlib import CHART_DIR
+
+pytestmark = pytest.mark.cluster
+
+KUBECONFIG = Path(os.environ.get("KUBECONFIG") or "/var/lib/memwatch-cluster/kubeconfig")
+IMAGE = "docker.io/library/memwatch:dev"
+HOG_IMAGE = "docker.io/library/memwatch-hog:dev"
+RELEASE = "mwchart"
+FULLNAME = f"{RELEASE}-memwatch"
+NAMESPACE = "memwatch-chart-test"
+WORKLOAD_NAMESPACE = "memwatch-chart-workload"
+SERVICE_ACCOUNT = f"system:serviceaccount:{NAMESPACE}:{FULLNAME}"
+VALUES: dict[str, Any] = {
+    "image": {"tag": "dev", "pullPolicy": "Never"},
+    "interval": "2s",
+    "verbose": True,
+}
+
+T = TypeVar("T")
+
+
+def wait_for(what: str, probe: Callable[[], T | None], timeout: float = 120, every: float = 1.0) -> T:
+    """Poll probe() until it returns something truthy; fail with `what` after timeout."""
+    deadline = time.monotonic() + timeout
+    last_error: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            result = probe()
+        except ApiException as error:
+            last_error, result = error, None
+        if result:
+            return result
+        time.sleep(every)
+    pytest.fail(
+        f"timed out after {timeout:.0f}s waiting for {what}" + (f" (last error: {last_error})" if last_error else "")
+    )
+
+
+@dataclass
+class Cluster:
+    api: Any
+    core: Any
+    authz: Any
+    rbac: Any
+    helm: helm_python.Config
+
+    def controller_pod(self) -> Any:
+        pods = self.core.list_namespaced_pod(
+            NAMESPACE, label_selector=f"app.kubernetes.io/instance={RELEASE},app.kubernetes.io/component=controller"
+        ).items
+        assert len(pods) == 1, [p.metadata.name for p in pods]
+        return pods[0]
+
+
+def _skip_unless_cluster() -> Any:
+    if not KUBECONFIG.exists():
+        pytest.skip(
+            f"SKIPPED LOUDLY: no local cluster ({KUBECONFIG} is missing). "
+            "Run `hack/local-cluster.sh up && hack/local-cluster.sh images` (or `make cluster-up`)."
+        )
+    api = kubernetes.config.new_client_from_config(config_file=str(KUBECONFIG))
+    try:
+        nodes = kubernetes.client.CoreV1Api(api).list_node(_request_timeout=10).items
+    except Exception as error:
+        pytest.skip(f"SKIPPED LOUDLY: the local cluster does not answer ({KUBECONFIG}): {error}")
+    images = {name for node in nodes for image in node.status.images or [] for name in image.names or []}
+    missing = [image for image in (IMAGE, HOG_IMAGE) if image not in images]
+    if missing:
+        pytest.skip(f"SKIPPED LOUDLY: the cluster's node lacks {missing}: run `hack/local-cluster.sh images`")
+    return api
+
+
+def _delete_namespace(core: Any, name: str) -> None:
+    try:
+        core.delete_namespace(name)
+    except ApiException as error:
+        if error.status != 404:
+            raise
+
+    def gone() -> bool:
+        try:
+            core.read_namespace(name)
+        except ApiException as error:
+            return error.status == 404
+        return False
+
+    wait_for(f"namespace {name} to go", gone, timeout=180)
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[Cluster]:
+    api = _skip_unless_cluster()
+    core = kubernetes.client.CoreV1Api(api)
+    helm = helm_python.Config(kubeconfig_path=str(KUBECONFIG), namespace=NAMESPACE)
+    # Leftovers of an interrupted run.
+    helm.uninstall(RELEASE, ignore_not_found=True, wait="watcher", timeout=120)
+    for namespace in (NAMESPACE, WORKLOAD_NAMESPACE):
+        _delete_namespace(core, namespace)
+    helm.install(
+        CHART_DIR,
+        RELEASE,
+        VALUES,
+        namespace=NAMESPACE,
+        create_namespace=True,
+        wait="watcher",
+        timeout=240,
+    )
+    core.create_namespace({"metadata": {"name": WORKLOAD_NAMESPACE}})
+    yield Cluster(
+        api=api,
+        core=core,
+        authz=kubernetes.client.AuthorizationV1Api(api),
+        rbac=kubernetes.client.RbacAuthorizationV1Api(api),
+        helm=helm,
+    )
+    if os.environ.get("KEEP") == "1":
+        return
+    helm.uninstall(RELEASE, ignore_not_found=True, wait="watcher", timeout=120)
+    for namespace in (WORKLOAD_NAMESPACE, NAMESPACE):
+        _delete_namespace(core, namespace)
+    helm.close()
+
+
+def test_release_is_deployed(cluster: Cluster) -> None:
+    status = cluster.helm.status(RELEASE)
+    assert status["info"]["status"] == "deployed", status["info"]
+
+
+def test_controller_runs_as_its_own_service_account_and_is_live(cluster: Cluster) -> None:
+    pod = wait_for("the controller pod to run", lambda: (p := cluster.controller_pod()).status.phase == "Running" and p)
+    assert pod.spec.service_account_name == FULLNAME
+    assert pod.spec.security_context.run_as_non_root is True
+    (status,) = pod.status.container_statuses
+    assert status.state.running is not None
+
+    def healthz() -> str | None:
+        answer: str = cluster.core.connect_get_namespaced_pod_proxy_with_path(
+            f"{pod.metadata.name}:8080", NAMESPACE, "healthz"
+        )
+        return answer if answer is not None else None
+
+    # kopf's liveness endpoint answers (what the kubelet's probe asks).
+    wait_for("kopf's /healthz to answer through the pod proxy", lambda: healthz() is not None, timeout=60)
+
+
+def test_evicts_an_annotated_pod_over_its_limit(cluster: Cluster) -> None:
+    name = f"hog-{uuid.uuid4().hex[:6]}"
+    cluster.core.create_namespaced_pod(
+        WORKLOAD_NAMESPACE,
+        {
+            "metadata": {"name": name, "annotations": {"memwatch.io/limit": "100Mi"}},
+            "spec": {
+                "terminationGracePeriodSeconds": 1,
+                "containers": [
+                    {
+                        "name": "hog",
+                        "image": HOG_IMAGE,
+                        "imagePullPolicy": "Never",
+                        # Grows to 150Mi and holds: over memwatch's limit, under the kernel's.
+                        "command": ["/hog", "--rate", "50", "--max", "150", "--hold"],
+                        "resources": {"requests": {"memory": "64Mi"}, "limits": {"memory": "256Mi"}},
+                    }
+                ],
+            },
+        },
+    )
+
+    def evicted_event() -> Any:
+        events = cluster.core.list_namespaced_event(
+            WORKLOAD_NAMESPACE, field_selector=f"involvedObject.name={name},reason=MemwatchEvicted"
+        ).items
+        return events[0] if events else None
+
+    event = wait_for(f"a MemwatchEvicted Event on {WORKLOAD_NAMESPACE}/{name}", evicted_event, timeout=180, every=2)
+    assert event.type in ("Normal", "Warning")
+
+    def pod_gone() -> bool:
+        try:
+            pod = cluster.core.read_namespaced_pod(name, WORKLOAD_NAMESPACE)
+        except ApiException as error:
+            return error.status == 404
+        return pod.status.phase == "Failed" and pod.status.reason == "Evicted"
+
+    wait_for(f"{name} to be evicted", pod_gone, timeout=60)
+    logs = cluster.core.read_namespaced_pod_log(cluster.controller_pod().metadata.name, NAMESPACE)
+    assert f"action=evicted pod={WORKLOAD_NAMESPACE}/{name}" in logs, logs[-3000:]
+    # Still the same container: the liveness probe never failed meanwhile.
+    assert cluster.controller_pod().status.container_statuses[0].restart_count == 0
+
+
+def can(cluster: Cluster, verb: str, resource: str, namespace: str | None = None, **attributes: str) -> bool:
+    """What RBAC lets the controller's ServiceAccount do (a SubjectAccessReview, as `kubectl auth can-i --as`)."""
+    group = attributes.pop("group", "")
+    subresource = attributes.pop("subresource", None)
+    review = cluster.authz.create_subject_access_review(
+        {
+            "apiVersion": "authorization.k8s.io/v1",
+            "kind": "SubjectAccessReview",
+            "spec": {
+                "user": SERVICE_ACCOUNT,
+                "groups": ["system:serviceaccounts", f"system:serviceaccounts:{NAMESPACE}", "system:authenticated"],
+                "resourceAttributes": {
+                    "verb": verb,
+                    "resource": resource,
+                    "group": group,
+                    **({"namespace": namespace} if namespace else {}),
+                    **({"subresource": subresource} if subresource else {}),
+                    **attributes,
+                },
+            },
+        }
+    )
+    return bool(review.status.allowed)
+
+
+ALLOWED = [
+    ("list", "pods", None, {}),
+    ("watch", "pods", WORKLOAD_NAMESPACE, {}),
+    ("create", "pods", WORKLOAD_NAMESPACE, {"subresource": "eviction"}),
+    ("create", "events", WORKLOAD_NAMESPACE, {}),
+    ("patch", "events", WORKLOAD_NAMESPACE, {}),
+    ("list", "events", None, {}),
+    ("list", "pods", WORKLOAD_NAMESPACE, {"group": "metrics.k8s.io"}),
+    ("get", "nodes", None, {"subresource": "proxy"}),
+    ("create", "leases", NAMESPACE, {"group": "coordination.k8s.io"}),
+    ("update", "leases", NAMESPACE, {"group": "coordination.k8s.io", "name": FULLNAME}),
+]
+
+REFUSED = [
+    ("get", "secrets", NAMESPACE, {}),
+    ("list", "secrets", WORKLOAD_NAMESPACE, {}),
+    ("list", "secrets", None, {}),
+    ("get", "configmaps", NAMESPACE, {}),
+    ("delete", "pods", WORKLOAD_NAMESPACE, {}),  # no delete without rbac.allowDelete / eviction.escalate
+    ("create", "pods", WORKLOAD_NAMESPACE, {}),
+    ("patch", "pods", WORKLOAD_NAMESPACE, {}),
+    ("create", "pods", WORKLOAD_NAMESPACE, {"subresource": "exec"}),
+    ("list", "nodes", None, {}),
+    ("update", "leases", NAMESPACE, {"group": "coordination.k8s.io", "name": "someone-elses"}),
+    ("update", "leases", WORKLOAD_NAMESPACE, {"group": "coordination.k8s.io", "name": FULLNAME}),
+    ("create", "clusterroles", None, {"group": "rbac.authorization.k8s.io"}),
+]
+
+
+@pytest.mark.parametrize(("verb", "resource", "namespace", "attributes"), ALLOWED)
+def test_service_account_may(
+    cluster: Cluster, verb: str, resource: str, namespace: str | None, attributes: dict[str, str]
+) -> None:
+    assert can(cluster, verb, resource, namespace, **attributes)
+
+
+@pytest.mark.parametrize(("verb", "resource", "namespace", "attributes"), REFUSED)
+def test_service_account_may_not(
+    cluster: Cluster, verb: str, resource: str, namespace: str | None, attributes: dict[str, str]
+) -> None:
+    assert not can(cluster, verb, resource, namespace, **attributes)
+
+
+def _service_account_token(cluster: Cluster) -> str:
+    """A token of the controller's ServiceAccount: TokenRequest, else its legacy token Secret (1.20)."""
+    try:
+        request = cluster.core.create_namespaced_service_account_token(
+            FULLNAME, NAMESPACE, {"spec": {"expirationSeconds": 600}}
+        )
+        return str(request.status.token)
+    except ApiException:
+        account = cluster.core.read_namespaced_service_account(FULLNAME, NAMESPACE)
+        (ref,) = account.secrets
+        secret = cluster.core.read_namespaced_secret(ref.name, NAMESPACE)
+        return base64.b64decode(secret.data["token"]).decode()
+
+
+def test_service_account_token_is_refused_secrets(cluster: Cluster) -> None:
+    """Not only what RBAC says: a real request with the ServiceAccount's own token."""
+    configuration = kubernetes.client.Configuration()
+    admin = cluster.api.configuration
+    configuration.host = admin.host
+    configuration.ssl_ca_cert = admin.ssl_ca_cert
+    configuration.api_key = {"authorization": f"Bearer {_service_account_token(cluster)}"}
+    as_memwatch = kubernetes.client.CoreV1Api(kubernetes.client.ApiClient(configuration))
+    assert as_memwatch.list_namespaced_pod(WORKLOAD_NAMESPACE).items is not None
+    for namespace in (NAMESPACE, WORKLOAD_NAMESPACE):
+        with pytest.raises(ApiException) as refused:
+            as_memwatch.list_namespaced_secret(namespace)
+        assert refused.value.status == 403
+
+
+def test_helm_test_hook_reaches_the_metrics_service(cluster: Cluster) -> None:
+    result = cluster.helm.test(RELEASE, timeout=180, logs=True)
+    assert "OK" in result.get("logs", ""), result

@@ -1,0 +1,112 @@
+"""manifests/: memwatch.yaml is the chart rendered with default values, and
+every example is valid under `memwatch lint`."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from .chartlib import REPO_DIR, Rendered, load_hack
+
+render_manifests = load_hack("render-manifests")
+
+MANIFEST = REPO_DIR / "manifests" / "memwatch.yaml"
+EXAMPLES = sorted((REPO_DIR / "manifests" / "examples").glob("*.yaml"))
+ANNOTATION_KEYS = {
+    "memwatch.io/limit",
+    "memwatch.io/action",
+    "memwatch.io/grace-period",
+    "memwatch.io/for",
+    "memwatch.io/escalate",
+}
+
+
+def test_manifest_is_in_sync_with_the_chart() -> None:
+    assert MANIFEST.read_text() == render_manifests.render_manifests(), (
+        "manifests/memwatch.yaml is out of date with charts/memwatch: run `make manifests`"
+    )
+
+
+def test_manifest_is_the_chart_defaults_plus_its_namespace(render: Any) -> None:
+    docs = [d for d in yaml.safe_load_all(MANIFEST.read_text()) if d]
+    assert docs[0] == {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "memwatch"}}
+    rendered: Rendered = render()
+    chart_objects = [o for o in rendered.objects if o not in rendered.hooks]
+    for obj in chart_objects:
+        if not obj["metadata"]["annotations"]:
+            del obj["metadata"]["annotations"]
+    key = lambda o: (o["kind"], o["metadata"]["name"])  # noqa: E731
+    assert sorted(docs[1:], key=key) == sorted(chart_objects, key=key)
+    # Helm's install order: the ServiceAccount and RBAC before the Deployment.
+    kinds = [d["kind"] for d in docs]
+    assert kinds.index("ServiceAccount") < kinds.index("ClusterRole") < kinds.index("Deployment")
+
+
+@pytest.mark.parametrize("example", EXAMPLES, ids=lambda p: p.name)
+def test_example_is_valid_kubernetes(example: Path) -> None:
+    for doc in yaml.safe_load_all(example.read_text()):
+        kubernetes_validate.validate(doc, kubernetes_validate.latest_version(), strict=True)
+
+
+@pytest.mark.parametrize("example", EXAMPLES, ids=lambda p: p.name)
+def test_example_annotations_name_real_containers(example: Path) -> None:
+    """A light check that holds until `memwatch lint` lands: known keys, and
+    per-container keys that name a container of the pod."""
+    found = False
+    for doc in yaml.safe_load_all(example.read_text()):
+        if doc["kind"] not in ("Deployment", "Job", "Pod"):
+            continue
+        template = doc if doc["kind"] == "Pod" else doc["spec"]["template"]
+        containers = {c["name"] for c in template["spec"]["containers"]}
+        for key in template["metadata"].get("annotations", {}):
+            if key.startswith("memwatch.io/limit."):
+                assert key.removeprefix("memwatch.io/limit.") in containers, key
+                found = True
+            elif key.startswith("memwatch.io/"):
+                assert key in ANNOTATION_KEYS, key
+                found |= key == "memwatch.io/limit"
+    assert found, f"{example.name} sets no memwatch.io/limit annotation"
+
+
+def test_examples_cover_the_issue() -> None:
+    names = {p.stem for p in EXAMPLES}
+    assert {"annotated-deployment", "memory-hog", "dry-run", "per-container"} <= names
+
+
+def _memwatch_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_DIR / "controller"), env.get("PYTHONPATH")]))
+    return env
+
+
+def _cli_import_error() -> str | None:
+    probe = subprocess.run(
+        [sys.executable, "-c", "import memwatch.cli"], env=_memwatch_env(), capture_output=True, text=True
+    )
+    return None if probe.returncode == 0 else (probe.stderr.strip().splitlines() or ["?"])[-1]
+
+
+@pytest.mark.parametrize("example", EXAMPLES, ids=lambda p: p.name)
+def test_example_passes_memwatch_lint(example: Path) -> None:
+    error = _cli_import_error()
+    if error is not None:
+        pytest.skip(
+            "SKIPPED LOUDLY: `memwatch lint` cannot run because memwatch.cli does not import yet "
+            f"({error}); the examples are NOT checked by memwatch lint. Remove this skip once it lands."
+        )
+    result = subprocess.run(
+        [sys.executable, "-m", "memwatch", "lint", str(example)],
+        env=_memwatch_env(),
+        cwd=REPO_DIR,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, f"memwatch lint {example.name}:\n{result.stdout}\n{result.stderr}"

@@ -1,0 +1,173 @@
+"""RBAC, least privilege, rule by rule.
+
+The expected rules are written out here from issue #4 and the CLI contract,
+independently of the templates, and compared exactly: a rule too many fails
+as surely as a rule too few.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from .chartlib import NAMESPACE, RELEASE, SCENARIOS, Obj, Rendered, deep_merge
+
+Rule = tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...], tuple[str, ...]]
+
+POD_READ: Rule = (("",), ("pods",), (), ("get", "list", "watch"))
+EVICT: Rule = (("",), ("pods/eviction",), (), ("create",))
+DELETE: Rule = (("",), ("pods",), (), ("delete",))
+EVENTS: Rule = (("",), ("events",), (), ("create", "list", "patch"))
+METRICS: Rule = (("metrics.k8s.io",), ("pods",), (), ("get", "list"))
+NODE_PROXY: Rule = (("",), ("nodes/proxy",), (), ("get",))
+LEASE_CREATE: Rule = (("coordination.k8s.io",), ("leases",), (), ("create",))
+
+
+def lease_use(name: str) -> Rule:
+    return (("coordination.k8s.io",), ("leases",), (name,), ("get", "update"))
+
+
+def normalize(rule: Obj) -> Rule:
+    assert set(rule) <= {"apiGroups", "resources", "resourceNames", "verbs"}, rule
+    return (
+        tuple(rule["apiGroups"]),
+        tuple(rule["resources"]),
+        tuple(rule.get("resourceNames", ())),
+        tuple(sorted(rule["verbs"])),
+    )
+
+
+def rules_of(role: Obj) -> list[Rule]:
+    return sorted(normalize(rule) for rule in role["rules"])
+
+
+def expected_rbac(values: Obj) -> dict[tuple[str, str | None, str], list[Rule]]:
+    """(kind, namespace, name) -> rules, from the spec."""
+    fullname = RELEASE  # the release name contains the chart name
+    can_delete = (
+        values["rbac"]["allowDelete"] or values["eviction"]["escalate"] or values["defaultPolicy"]["action"] == "delete"
+    )
+    pod_rules = [POD_READ, EVICT, EVENTS] + ([DELETE] if can_delete else [])
+    controller_rules = pod_rules + ([METRICS] if values["source"] in ("auto", "metrics-api") else [])
+    cluster_rules = [NODE_PROXY] if values["source"] in ("auto", "kubelet") else []
+    watched = values["namespaces"]
+    roles: dict[tuple[str, str | None, str], list[Rule]] = {}
+    if not watched:
+        cluster_rules = controller_rules + cluster_rules
+    for namespace in watched:
+        roles[("Role", namespace, fullname)] = controller_rules
+    if cluster_rules:
+        roles[("ClusterRole", None, fullname)] = cluster_rules
+    roles[("Role", NAMESPACE, f"{fullname}-leader-election")] = [LEASE_CREATE, lease_use(fullname)]
+    if values["agent"]["enabled"]:
+        if watched:
+            for namespace in watched:
+                roles[("Role", namespace, f"{fullname}-agent")] = pod_rules
+        else:
+            roles[("ClusterRole", None, f"{fullname}-agent")] = pod_rules
+    return {key: sorted(rules) for key, rules in roles.items()}
+
+
+CASES: dict[str, Obj] = {
+    **{f"scenario-{name}": values for name, values in SCENARIOS.items()},
+    "source-kubelet": {"source": "kubelet"},
+    "source-metrics-api": {"source": "metrics-api"},
+    "namespaced-auto": {"namespaces": ["team-a"], "agent": {"enabled": True}},
+    "namespaced-kubelet": {"namespaces": ["team-a", "team-b"], "source": "kubelet"},
+    "escalate": {"eviction": {"escalate": True}},
+    "allow-delete": {"rbac": {"allowDelete": True}, "agent": {"enabled": True}},
+    "default-action-delete": {"defaultPolicy": {"action": "delete"}},
+    "dry-run-default": {"defaultPolicy": {"action": "dry-run"}},
+}
+
+
+@pytest.fixture(params=sorted(CASES), scope="module")
+def case(request: pytest.FixtureRequest, render: Any) -> Rendered:
+    rendered: Rendered = render(CASES[request.param])
+    return rendered
+
+
+ROLE_KINDS = ("ClusterRole", "Role")
+
+
+def test_rules_are_exactly_the_spec(case: Rendered) -> None:
+    actual = {
+        (role["kind"], role["metadata"].get("namespace"), role["metadata"]["name"]): rules_of(role)
+        for kind in ROLE_KINDS
+        for role in case.of_kind(kind)
+    }
+    assert actual == expected_rbac(case.values)
+
+
+def test_no_wildcards_no_secrets(case: Rendered) -> None:
+    forbidden_resources = {"secrets", "configmaps", "pods/exec", "pods/attach", "serviceaccounts/token"}
+    for kind in ROLE_KINDS:
+        for role in case.of_kind(kind):
+            for rule in role["rules"]:
+                for field in ("apiGroups", "resources", "verbs", "resourceNames"):
+                    assert not any("*" in item for item in rule.get(field, [])), (role["metadata"]["name"], rule)
+                assert not forbidden_resources & set(rule["resources"])
+                assert not {"escalate", "bind", "impersonate"} & set(rule["verbs"])
+            assert "aggregationRule" not in role
+
+
+def test_every_binding_binds_its_role_to_its_own_service_account(case: Rendered) -> None:
+    roles = {
+        (role["kind"], role["metadata"].get("namespace"), role["metadata"]["name"])
+        for kind in ROLE_KINDS
+        for role in case.of_kind(kind)
+    }
+    bindings = case.of_kind("ClusterRoleBinding") + case.of_kind("RoleBinding")
+    assert len(bindings) == len(roles)
+    accounts = {sa["metadata"]["name"] for sa in case.of_kind("ServiceAccount")}
+    for binding in bindings:
+        namespace = binding["metadata"].get("namespace")
+        ref = binding["roleRef"]
+        assert ref["apiGroup"] == "rbac.authorization.k8s.io"
+        assert (ref["kind"], namespace if ref["kind"] == "Role" else None, ref["name"]) in roles
+        (subject,) = binding["subjects"]
+        assert subject["kind"] == "ServiceAccount"
+        assert subject["namespace"] == NAMESPACE
+        assert subject["name"] in accounts
+        # The agent's roles go to the agent's account, the controller's to the controller's.
+        is_agent = binding["metadata"]["labels"]["app.kubernetes.io/component"] == "agent"
+        assert subject["name"].endswith("-agent") == is_agent
+
+
+def test_controller_and_agent_have_their_own_service_accounts(render: Any) -> None:
+    rendered = render({"agent": {"enabled": True}})
+    controller_sa = rendered.controller["spec"]["template"]["spec"]["serviceAccountName"]
+    agent = rendered.agent
+    assert agent is not None
+    agent_sa = agent["spec"]["template"]["spec"]["serviceAccountName"]
+    assert controller_sa != agent_sa
+    assert {sa["metadata"]["name"] for sa in rendered.of_kind("ServiceAccount")} == {controller_sa, agent_sa}
+
+
+def test_rbac_create_false_renders_no_rbac(render: Any) -> None:
+    rendered = render({"rbac": {"create": False}, "agent": {"enabled": True}})
+    for kind in ("ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"):
+        assert rendered.of_kind(kind) == []
+
+
+def test_existing_service_accounts(render: Any) -> None:
+    values = {
+        "serviceAccount": {"create": False, "name": "mine"},
+        "agent": {"enabled": True, "serviceAccount": {"create": False, "name": "my-agent"}},
+    }
+    rendered = render(values)
+    assert rendered.of_kind("ServiceAccount") == []
+    assert rendered.controller["spec"]["template"]["spec"]["serviceAccountName"] == "mine"
+    subjects = {
+        b["metadata"]["name"]: b["subjects"][0]["name"]
+        for b in rendered.of_kind("ClusterRoleBinding") + rendered.of_kind("RoleBinding")
+    }
+    assert subjects == {"memwatch": "mine", "memwatch-leader-election": "mine", "memwatch-agent": "my-agent"}
+
+
+def test_expected_rbac_follows_defaults(chart: Any) -> None:
+    """The spec function itself, on the defaults: the issue's list, nothing else."""
+    expected = expected_rbac(deep_merge(chart.values, {}))
+    assert expected[("ClusterRole", None, "memwatch")] == sorted([POD_READ, EVICT, EVENTS, METRICS, NODE_PROXY])
+    assert DELETE not in expected[("ClusterRole", None, "memwatch")]
