@@ -364,7 +364,7 @@ class CgroupReader:
         """SIGKILL every process in the cgroup (``cgroup.kill`` on v2 where the kernel has it).
 
         Repeats while processes remain, since one may fork between reading the list and the signal.
-        Returns how many signals were sent (1 for ``cgroup.kill``).
+        Returns how many processes were signalled (1 for ``cgroup.kill``).
         """
         if self.hierarchy.version == 2 and (self.path / "cgroup.kill").exists():
             try:
@@ -372,19 +372,17 @@ class CgroupReader:
                 return 1
             except OSError as exc:
                 log.warning("cgroup.kill failed in %s (%s); signalling each process", self.path, exc)
-        sent = 0
+        signalled: set[int] = set()
         for _ in range(rounds):
-            pids = self.procs()
+            pids = [p for p in self.procs() if p not in signalled]
             if not pids:
                 break
             for pid in pids:
-                try:
+                signalled.add(pid)
+                with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
-                    sent += 1
-                except ProcessLookupError:
-                    continue
             time.sleep(0)  # let the kernel reap before looking again
-        return sent
+        return len(signalled)
 
 
 @dataclass(frozen=True, slots=True)
