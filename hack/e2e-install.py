@@ -1,0 +1,199 @@
+#!/usr/bin/env python3
+"""Install or uninstall memwatch's chart with the Python Helm engine (helm-python-sdk), for
+clusters without a `helm` binary: `make e2e-local`, `make demo` and the e2e suite use it.
+
+    e2e-install.py install   [--kubeconfig K] [--values F]... [--set key.path=value]... [--agent auto|on|off]
+    e2e-install.py uninstall [--kubeconfig K]
+    e2e-install.py status    [--kubeconfig K]
+
+`install` installs (or upgrades) the release, then waits until the controller Deployment is
+Available (and the agent DaemonSet is ready, when enabled). On a timeout it prints the pods'
+states and the controller's last log lines, and exits 1. `--agent auto` (the default) enables the
+node agent when this checkout has it (controller/memwatch/agent.py). `uninstall` removes the
+release, then the namespace if this script created it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+CHART = ROOT / "charts" / "memwatch"
+CREATED_BY = "memwatch.io/created-by"
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in extra.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def _set(values: dict[str, Any], assignment: str) -> dict[str, Any]:
+    path, sep, raw = assignment.partition("=")
+    if not sep:
+        raise SystemExit(f"--set {assignment!r}: expected key.path=value")
+    nested: Any = yaml.safe_load(raw) if raw else ""
+    for part in reversed(path.split(".")):
+        nested = {part: nested}
+    return _merge(values, nested)
+
+
+def _values(args: argparse.Namespace) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    for path in args.values or []:
+        values = _merge(values, yaml.safe_load(Path(path).read_text()) or {})
+    for assignment in args.set or []:
+        values = _set(values, assignment)
+    if args.agent == "on" or (args.agent == "auto" and (ROOT / "controller" / "memwatch" / "agent.py").exists()):
+        values = _merge(values, {"agent": {"enabled": True}})
+    elif args.agent == "off":
+        values = _merge(values, {"agent": {"enabled": False}})
+    return values
+
+
+class Kubectl:
+    """The few reads and writes the installer makes, through memwatch's own raw-JSON client."""
+
+    def __init__(self, kubeconfig: str) -> None:
+        from memwatch.kube import Kube, load_client
+
+        self.kube = Kube(load_client(kubeconfig))
+
+    def get(self, path: str, **query: Any) -> Any:
+        from memwatch.kube import ApiError
+
+        try:
+            return self.kube.get_json(path, query)
+        except ApiError as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    def ensure_namespace(self, name: str) -> None:
+        if self.get(f"/api/v1/namespaces/{name}") is None:
+            body = {"apiVersion": "v1", "kind": "Namespace",
+                    "metadata": {"name": name, "labels": {CREATED_BY: "e2e-install"}}}
+            self.kube._request("POST", "/api/v1/namespaces", body=body)
+            print(f"created namespace {name}")
+
+    def delete_namespace_if_ours(self, name: str) -> None:
+        ns = self.get(f"/api/v1/namespaces/{name}")
+        if ns and (ns["metadata"].get("labels") or {}).get(CREATED_BY) == "e2e-install":
+            self.kube._request("DELETE", f"/api/v1/namespaces/{name}")
+            print(f"deleting namespace {name}")
+
+    def report(self, namespace: str, selector: str) -> None:
+        """Print each pod's state and its last log lines (why it is not ready)."""
+        for pod in (self.get(f"/api/v1/namespaces/{namespace}/pods", labelSelector=selector) or {}).get("items", []):
+            name, status = pod["metadata"]["name"], pod.get("status") or {}
+            states = [(s["name"], s.get("state"), s.get("restartCount")) for s in status.get("containerStatuses") or []]
+            print(f"  pod {name}: phase={status.get('phase')} containers={states}", file=sys.stderr)
+            try:
+                log = self.kube._request("GET", f"/api/v1/namespaces/{namespace}/pods/{name}/log",
+                                         {"tailLines": 20}).data.decode("utf-8", "replace")
+            except Exception:  # no log yet
+                continue
+            for line in log.splitlines():
+                print(f"    | {line}", file=sys.stderr)
+
+    def not_ready(self, namespace: str, selector: str, agent: bool) -> list[str]:
+        """What is not ready yet: the controller Deployment (Available, rolled out), the agent."""
+        problems = []
+        deps = self.get(f"/apis/apps/v1/namespaces/{namespace}/deployments",
+                        labelSelector=selector + ",app.kubernetes.io/component=controller")["items"]
+        if not deps:
+            problems.append("no controller Deployment")
+        for dep in deps:
+            st = dep.get("status") or {}
+            available = any(c["type"] == "Available" and c["status"] == "True" for c in st.get("conditions") or [])
+            rolled_out = (st.get("observedGeneration", 0) >= dep["metadata"].get("generation", 0)
+                          and st.get("updatedReplicas", 0) >= dep["spec"].get("replicas", 1))
+            if not (available and rolled_out):
+                problems.append(f"Deployment {dep['metadata']['name']} is not Available yet")
+        if agent:
+            for ds in self.get(f"/apis/apps/v1/namespaces/{namespace}/daemonsets",
+                               labelSelector=selector + ",app.kubernetes.io/component=agent")["items"]:
+                st = ds.get("status") or {}
+                if not st.get("desiredNumberScheduled") or st.get("numberReady") != st["desiredNumberScheduled"]:
+                    problems.append(f"DaemonSet {ds['metadata']['name']} ready "
+                                    f"{st.get('numberReady', 0)}/{st.get('desiredNumberScheduled')}")
+        return problems
+
+    def wait_available(self, namespace: str, release: str, agent: bool, timeout: float) -> None:
+        selector = f"app.kubernetes.io/instance={release}"
+        deadline = time.monotonic() + timeout
+        while problems := self.not_ready(namespace, selector, agent):
+            if time.monotonic() > deadline:
+                print(f"memwatch is not ready after {timeout:.0f}s: {'; '.join(problems)}", file=sys.stderr)
+                self.report(namespace, selector)
+                raise SystemExit(1)
+            time.sleep(2)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("verb", choices=("install", "uninstall", "status"))
+    parser.add_argument("--kubeconfig", default=os.environ.get("KUBECONFIG"), help="default: $KUBECONFIG")
+    parser.add_argument("--namespace", default="memwatch")
+    parser.add_argument("--release", default="memwatch")
+    parser.add_argument("--values", action="append", help="values file (repeatable)")
+    parser.add_argument("--set", action="append", help="key.path=value (YAML value; repeatable)")
+    parser.add_argument("--agent", choices=("auto", "on", "off"), default="auto",
+                        help="enable the node agent (auto: when controller/memwatch/agent.py exists)")
+    parser.add_argument("--timeout", type=float, default=300, help="seconds to wait for the Deployment")
+    args = parser.parse_args(argv)
+    if not args.kubeconfig:
+        parser.error("no kubeconfig: pass --kubeconfig or set KUBECONFIG")
+
+    from helm_python import Config, HelmNotFoundError
+
+    helm = Config(kubeconfig_path=args.kubeconfig, namespace=args.namespace)
+    kube = Kubectl(args.kubeconfig)
+    if args.verb == "status":
+        try:
+            rel = helm.status(args.release)
+        except HelmNotFoundError:
+            print(f"release {args.release} not installed in {args.namespace}")
+            return 1
+        print(f"release {args.release}: {_status(rel)}")
+        return 0
+    if args.verb == "uninstall":
+        helm.uninstall(args.release, ignore_not_found=True, wait="watcher", timeout=120)
+        print(f"uninstalled release {args.release} from {args.namespace}")
+        kube.delete_namespace_if_ours(args.namespace)
+        return 0
+
+    values = _values(args)
+    kube.ensure_namespace(args.namespace)
+    try:
+        helm.status(args.release)
+        exists = True
+    except HelmNotFoundError:
+        exists = False
+    t0 = time.monotonic()
+    if exists:
+        rel = helm.upgrade(str(CHART), args.release, values, namespace=args.namespace, timeout=int(args.timeout))
+    else:
+        rel = helm.install(str(CHART), args.release, values, namespace=args.namespace, timeout=int(args.timeout))
+    print(f"{'upgraded' if exists else 'installed'} release {args.release} in {args.namespace}: {_status(rel)}")
+    agent = bool((values.get("agent") or {}).get("enabled"))
+    kube.wait_available(args.namespace, args.release, agent, args.timeout)
+    print(f"memwatch is available ({time.monotonic() - t0:.0f}s){' with the node agent' if agent else ''}")
+    return 0
+
+
+def _status(release: dict[str, Any]) -> str:
+    """The release's status word (`deployed`, `failed`, ...), from helm-python-sdk's release dict."""
+    return str((release.get("info") or {}).get("status", "?"))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
