@@ -102,7 +102,7 @@ def test_working_set_is_usage_minus_inactive_file(tree: str) -> None:
 def test_pod_cgroup_is_read_until_a_container_id_is_known() -> None:
     source = CgroupSource(Hierarchy.detect(FIXTURES / "v2-systemd"))
     pod = make_pod()
-    pod["status"]["containerStatuses"] = []  # type: ignore[index]
+    pod["status"]["containerStatuses"] = []
     usage = source.fetch([record(pod)])[UID_B]
     assert usage.containers == {} and usage.pod_bytes == 220 * MiB + 10 * MiB + 1187840
 
