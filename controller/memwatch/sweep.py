@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from memwatch.enforcer import Enforcer, Trigger
 from memwatch.observability import ACTED_REASONS, REASON_PROTECTED, ActionLine, Recorder
@@ -90,6 +91,9 @@ class Sweeper:
             log.warning("sweep: usage read failed, acting on nothing this sweep: %s", exc)
             samples = {}
         detected = self.clock()
+        # One histogram child per source, looked up once per sweep: prometheus_client's labels()
+        # costs ~3 µs, a quarter of the per-pod decision time at 10k pods.
+        sample_age: dict[str, Any] = {}
         for rec in candidates:
             usage = samples.get(rec.uid)
             if usage is None:
@@ -103,7 +107,10 @@ class Sweeper:
                 continue
             rec.missing_reported = False
             age = detected - usage.timestamp
-            self.metrics.sample_age.labels(usage.source).observe(max(age, 0.0))
+            hist = sample_age.get(usage.source)
+            if hist is None:
+                hist = sample_age[usage.source] = self.metrics.sample_age.labels(usage.source)
+            hist.observe(max(age, 0.0))
             if age > self.max_sample_age:
                 report.stale += 1
                 self.metrics.skipped.labels("stale", usage.source).inc()
