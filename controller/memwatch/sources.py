@@ -104,6 +104,7 @@ class KubeletSource:
     def __init__(self, kube: Kube, parallelism: int = 8) -> None:
         self.kube = kube
         self.parallelism = parallelism
+        self._failing: dict[str, str] = {}  # node → last error, to log changes only
 
     def _summary(self, node: str) -> dict[str, Any]:
         data: dict[str, Any] = self.kube.get_json(f"/api/v1/nodes/{quote(node)}/proxy/stats/summary",
@@ -131,12 +132,21 @@ class KubeletSource:
                 usage = _summary_usage(pod, self.name)
                 if usage is not None:
                     out[uid] = usage
-        if failures:
-            log.warning("kubelet source: %d of %d nodes failed: %s", len(failures), len(nodes),
-                        "; ".join(failures)[:1000])
-            if len(failures) == len(nodes):
-                raise SourceError("kubelet: every node failed: " + "; ".join(failures)[:500])
+        self._report(nodes, failures)
+        if failures and len(failures) == len(nodes):
+            raise SourceError("kubelet: every node failed: " + "; ".join(failures)[:500])
         return out
+
+    def _report(self, nodes: Sequence[str], failures: Sequence[str]) -> None:
+        """Log a node when it starts failing and when it recovers, not on every sweep."""
+        failed = dict(f.split(": ", 1) for f in failures)
+        for node, error in failed.items():
+            if node not in self._failing:
+                log.warning("kubelet source: node %s failed: %s (its pods are not acted on until it answers; "
+                            "logged again when it recovers)", node, error[:300])
+        for node in [n for n in self._failing if n in nodes and n not in failed]:
+            log.info("kubelet source: node %s answers again", node)
+        self._failing = {n: e for n, e in self._failing.items() if n not in nodes} | failed
 
     def _safe_summary(self, node: str) -> tuple[dict[str, Any] | None, str | None]:
         try:

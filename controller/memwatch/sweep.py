@@ -57,6 +57,7 @@ class Sweeper:
         self.last: SweepReport | None = None
         self.sweeps = 0
         self.heartbeat = time.monotonic()  # last loop iteration, for the liveness probe
+        self._last_error: str | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -88,8 +89,15 @@ class Sweeper:
         except SourceError as exc:
             report.error = str(exc)
             self.metrics.source_errors.labels(self.source.name).inc()
-            log.warning("sweep: usage read failed, acting on nothing this sweep: %s", exc)
+            if report.error != self._last_error:
+                log.warning("sweep: usage read failed, acting on nothing until it works (logged again when "
+                            "the error changes): %s", exc)
+            self._last_error = report.error
             samples = {}
+        else:
+            if self._last_error is not None:
+                log.info("sweep: usage read works again")
+            self._last_error = None
         detected = self.clock()
         # One histogram child per source, looked up once per sweep: prometheus_client's labels()
         # costs ~3 µs, a quarter of the per-pod decision time at 10k pods.
