@@ -239,7 +239,7 @@ class Agent:
         if missing:  # cgroups unreadable: psutil's RSS, at its own slower cadence
             for rec in missing:
                 usage = self.fallback.fetch([rec]).get(rec.uid)
-                if usage is not None:
+                if usage is not None and self.clock() - usage.timestamp <= self.settings.max_sample_age:
                     self._evaluate(rec, usage)
                     sampled += 1
         uids = {r.uid for r in live}

@@ -163,10 +163,11 @@ AGENT: tuple[Option, ...] = (
            metavar="PATH"),
     Option("--sample-period", "how often pod cgroups are read", type=_positive_duration, default=0.1,
            metavar="DURATION"),
-    Option("--max-sample-age", "never act on a usage sample older than this", type=_positive_duration,
-           default=2.0, metavar="DURATION"),
+    Option("--max-sample-age", "never act on a usage sample older than this (cgroup samples are fresh; "
+           "the psutil fallback's are up to 1s old)", type=_positive_duration, default=2.0, metavar="DURATION"),
     Option("--kill", "enable the last-resort kill rung: SIGKILL a container's processes when usage passes "
-           "--kill-ceiling and the eviction has not taken effect (needs hostPID)", boolean=True),
+           "--kill-ceiling and the eviction has not taken effect within --kill-after, or at once when its "
+           "hard limit is about to be crossed (needs hostPID)", boolean=True),
     Option("--kill-ceiling", "with --kill (or memwatch.io/action: restart): percent of the container's hard "
            "limit at which the agent kills it itself", type=_percent, default=95.0, metavar="PERCENT"),
     Option("--kill-after", "with --kill: how long an eviction may take before the kill rung fires",
