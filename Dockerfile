@@ -12,7 +12,9 @@ ARG BASE_IMAGE=python:3.11-slim
 FROM ${BASE_IMAGE} AS builder
 # pip's index settings, for builds behind a mirror; unset or empty: pip's own
 # defaults. (A build argument is in the environment of RUN steps only, and
-# does not reach the final image.)
+# does not reach the final image.) Behind a TLS-intercepting proxy, pass its
+# CA bundle as a build secret instead of trusting hosts blindly:
+#   --secret id=pip_cert,src="$PIP_CERT"
 ARG PIP_INDEX_URL
 ARG PIP_EXTRA_INDEX_URL
 ARG PIP_TRUSTED_HOST
@@ -26,7 +28,9 @@ COPY controller ./controller
 # Build the wheel, install it with its dependencies into the venv, drop pip
 # (the final image installs nothing), and prove the entry point starts.
 # Empty index arguments are unset first: pip would take "" for an index.
-RUN set -eu; \
+RUN --mount=type=secret,id=pip_cert \
+    set -eu; \
+    if [ -s /run/secrets/pip_cert ]; then export PIP_CERT=/run/secrets/pip_cert; fi; \
     for name in PIP_INDEX_URL PIP_EXTRA_INDEX_URL PIP_TRUSTED_HOST; do \
         eval "value=\${$name:-}"; [ -n "$value" ] || unset "$name"; \
     done; \

@@ -3,6 +3,7 @@ every example is valid under `memwatch lint`."""
 
 from __future__ import annotations
 
+import functools
 import os
 import subprocess
 import sys
@@ -86,6 +87,7 @@ def _memwatch_env() -> dict[str, str]:
     return env
 
 
+@functools.cache
 def _cli_import_error() -> str | None:
     probe = subprocess.run(
         [sys.executable, "-c", "import memwatch.cli"], env=_memwatch_env(), capture_output=True, text=True

@@ -5,13 +5,14 @@ expects. Every test renders with the real Helm engine."""
 from __future__ import annotations
 
 import re
+import sys
 from typing import Any
 
 import jsonschema
 import kubernetes_validate
 import pytest
 
-from .chartlib import CHART_DIR, NAMESPACE, RELEASE, Obj, Rendered, args_of, container, flag
+from .chartlib import CHART_DIR, NAMESPACE, RELEASE, REPO_DIR, Obj, Rendered, args_of, container, flag
 
 # The oldest and newest Kubernetes schemas kubernetes-validate bundles (offline).
 # The local test cluster runs 1.20, older than any bundled schema: the chart
@@ -460,7 +461,24 @@ def test_service_monitor_needs_the_metrics_service(chart: Any) -> None:
         chart.render({"serviceMonitor": {"enabled": True}, "metrics": {"service": {"enabled": False}}})
 
 
-# --- NOTES.txt ------------------------------------------------------------------------
+# --- NOTES.txt and README: Event reasons -----------------------------------------
+
+
+def event_reasons() -> tuple[str, ...]:
+    """Every Event reason memwatch records (memwatch.observability.ALL_REASONS)."""
+    if str(REPO_DIR / "controller") not in sys.path:
+        sys.path.insert(0, str(REPO_DIR / "controller"))
+    try:
+        from memwatch.observability import ALL_REASONS
+    except ImportError as error:
+        pytest.skip(f"SKIPPED LOUDLY: memwatch.observability does not import ({error}): Event reasons NOT checked")
+    return tuple(ALL_REASONS)
+
+
+def test_readme_lists_every_event_reason() -> None:
+    readme = (CHART_DIR / "README.md").read_text()
+    for reason in event_reasons():
+        assert f"`{reason}`" in readme
 
 
 def test_notes_say_how_to_use_it(scenario: Rendered) -> None:
@@ -468,17 +486,7 @@ def test_notes_say_how_to_use_it(scenario: Rendered) -> None:
     assert "memwatch.io/limit" in notes
     assert "kubectl logs -n memwatch deploy/memwatch" in notes and "grep action=" in notes
     assert "kubectl get events -A --field-selector reason=MemwatchEvicted" in notes
-    for reason in (
-        "MemwatchEvicted",
-        "MemwatchDeleted",
-        "MemwatchDryRun",
-        "MemwatchEvictionBlocked",
-        "MemwatchEscalated",
-        "MemwatchProtected",
-        "InvalidMemwatchAnnotation",
-        "MemwatchKilled",
-        "MemwatchActionFailed",
-    ):
+    for reason in event_reasons():
         assert reason in notes
     if scenario.values["dryRun"]:
         assert "DRY-RUN IS ON" in notes
