@@ -1,0 +1,389 @@
+"""Usage sources and the pod watcher at the HTTP level: a real `Kube` against a fake API server.
+
+Request counts are checked twice: at the fake server and through `Kube.request_count`, so the
+structural guard (usage requests per sweep do not grow with watched pods) holds on both sides.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from memwatch.kube import Gone
+from memwatch.podindex import PodIndex, PodRecord, build_record
+from memwatch.policy import Defaults
+from memwatch.protections import Protections
+from memwatch.quantity import parse_time
+from memwatch.sources import AutoSource, KubeletSource, MetricsApiSource, SourceError, make_source
+from memwatch.watcher import ACTIVE_PODS, PodWatcher
+
+from .fakeapi import METRICS, FakeApiServer, pod_metrics, summary, summary_pod
+from .fakes import MI, FakeClock, FakeKube, Rig, make_pod
+
+NOW = "2026-11-28T10:00:00Z"
+NOW_TS = parse_time(NOW)
+METRICS_PODS = METRICS + r"(/namespaces/[^/]+)?/pods"
+SUMMARY = r"/api/v1/nodes/[^/]+/proxy/stats/summary"
+
+
+def records(n: int, namespaces: tuple[str, ...] = ("shop",), nodes: int = 3) -> list[PodRecord]:
+    out = []
+    for i in range(n):
+        pod = make_pod(f"p{i}", namespaces[i % len(namespaces)], node=f"node-{i % nodes}", uid=f"uid-{i}",
+                       containers=[("app", "1Gi"), ("side", "1Gi")])
+        rec = build_record(pod, Defaults(), Protections().reason)
+        assert rec is not None
+        out.append(rec)
+    return out
+
+
+def serve_metrics(api: FakeApiServer, recs: list[PodRecord], app: str = "300Mi", side: str = "20Mi") -> None:
+    api.pod_metrics = [pod_metrics(r.namespace, r.name, NOW, {"app": app, "side": side}) for r in recs]
+    # Pods memwatch does not watch are in the list too (metrics-server returns every pod).
+    api.pod_metrics += [pod_metrics("shop", f"other-{i}", NOW, {"app": "1Gi"}) for i in range(5)]
+
+
+def serve_summaries(api: FakeApiServer, recs: list[PodRecord], nodes: int = 3) -> None:
+    by_node: dict[str, list[dict[str, Any]]] = {f"node-{i}": [] for i in range(nodes)}
+    for r in recs:
+        assert r.node is not None
+        by_node[r.node].append(summary_pod(r.namespace, r.name, r.uid, NOW, {"app": 300 * MI, "side": 20 * MI},
+                                           pod_bytes=321 * MI))
+    for node, pods in by_node.items():
+        pods.append(summary_pod("kube-system", "unwatched", "uid-unwatched", NOW, {"c": 5 * MI}))
+        api.summaries[node] = summary(node, NOW, pods)
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.01)
+
+
+# ---------------------------------------------------------------------------------------------
+# metrics.k8s.io
+
+
+def test_metrics_api_parses_bytes_and_timestamps(api: FakeApiServer) -> None:
+    recs = records(3)
+    serve_metrics(api, recs, app="300Mi", side="20480Ki")
+    out = MetricsApiSource(api.kube()).fetch(recs)
+    assert set(out) == {r.uid for r in recs}
+    usage = out["uid-0"]
+    assert usage.containers == {"app": 300 * MI, "side": 20 * MI}
+    assert usage.total == 320 * MI and usage.timestamp == NOW_TS and usage.source == "metrics-api"
+
+
+@pytest.mark.parametrize("n", [10, 100, 1000])
+def test_one_metrics_request_per_sweep_whatever_the_pod_count(api: FakeApiServer, n: int) -> None:
+    kube = api.kube()
+    recs = records(n)
+    serve_metrics(api, recs)
+    source = MetricsApiSource(kube, label_selector="memwatch.io/watch=true")
+    for sweep in range(1, 4):
+        out = source.fetch(recs)
+        assert len(out) == n
+        assert len(api.requests("GET", METRICS_PODS)) == sweep
+        assert kube.request_count("GET", "metrics.k8s.io/pods") == sweep
+        assert kube.request_count() == sweep  # nothing else at all
+    assert api.requests()[0].path == METRICS + "/pods"
+    assert api.requests()[0].query["labelSelector"] == "memwatch.io/watch=true"
+
+
+@pytest.mark.parametrize("n", [10, 100, 1000])
+def test_one_metrics_request_per_watched_namespace(api: FakeApiServer, n: int) -> None:
+    kube = api.kube()
+    recs = records(n, namespaces=("shop", "blog"))
+    serve_metrics(api, recs)
+    out = MetricsApiSource(kube, namespaces=("shop", "blog")).fetch(recs)
+    assert len(out) == n
+    assert sorted(r.path for r in api.requests()) == [METRICS + "/namespaces/blog/pods",
+                                                      METRICS + "/namespaces/shop/pods"]
+    assert kube.request_count() == 2
+    assert "labelSelector" not in api.requests()[0].query  # empty selectors are not sent
+
+
+def test_sweep_makes_one_usage_request_whatever_the_pod_count(api: FakeApiServer, clock: FakeClock) -> None:
+    """The structural guard end to end: the sweep (not just the source) asks once per sweep."""
+    counts = []
+    for n in (10, 100, 1000):
+        api.clear()
+        kube = api.kube()
+        rig = Rig(FakeKube(clock), clock, source=MetricsApiSource(kube))
+        pods = [make_pod(f"p{i}", "shop", uid=f"u{n}-{i}", containers=[("app", "1Gi"), ("side", "1Gi")])
+                for i in range(n)]
+        rig.add(*pods)
+        recs = [rig.record(p) for p in pods]
+        serve_metrics(api, recs)
+        clock.now = NOW_TS + 1  # type: ignore[operator]
+        for _ in range(3):
+            report = rig.sweep()
+            assert report.sampled == n
+        counts.append((len(api.requests()), kube.request_count()))
+    assert counts == [(3, 3), (3, 3), (3, 3)]
+
+
+@pytest.mark.parametrize("bad", [
+    {"timestamp": None},
+    {"timestamp": "yesterday"},
+    {"containers": [{"name": "app", "usage": {"memory": "lots"}}]},
+    {"metadata": {"name": "p0"}},  # no namespace
+])
+def test_malformed_metrics_items_are_ignored(api: FakeApiServer, bad: dict[str, Any]) -> None:
+    recs = records(2)
+    serve_metrics(api, recs)
+    api.pod_metrics[0].update(bad)
+    out = MetricsApiSource(api.kube()).fetch(recs)
+    assert set(out) == {"uid-1"}
+
+
+def test_malformed_metrics_items_are_never_acted_on(api: FakeApiServer, clock: FakeClock) -> None:
+    kube = FakeKube(clock)
+    rig = Rig(kube, clock, source=MetricsApiSource(api.kube()))
+    pods = [make_pod("bad", "shop"), make_pod("good", "shop")]
+    rig.add(*pods)
+    api.pod_metrics = [pod_metrics("shop", "bad", NOW, {"app": "900Mi"}),
+                       pod_metrics("shop", "good", NOW, {"app": "900Mi"})]
+    api.pod_metrics[0]["timestamp"] = "not a time"
+    clock.now = NOW_TS + 1  # type: ignore[operator]
+    report = rig.sweep()
+    assert [c[2] for c in kube.writes()] == ["good"]
+    assert report.missing == 1
+
+
+def test_metrics_api_error_is_a_source_error(api: FakeApiServer) -> None:
+    api.metrics_served = False
+    with pytest.raises(SourceError, match="metrics-api: HTTP 404"):
+        MetricsApiSource(api.kube()).fetch(records(1))
+
+
+def test_no_records_no_request(api: FakeApiServer) -> None:
+    kube = api.kube()
+    assert MetricsApiSource(kube).fetch([]) == {} and KubeletSource(kube).fetch([]) == {}
+    assert api.requests() == []
+
+
+# ---------------------------------------------------------------------------------------------
+# kubelet Summary through the node proxy
+
+
+def test_kubelet_summary_parses_working_set_and_time(api: FakeApiServer) -> None:
+    recs = records(3, nodes=3)
+    serve_summaries(api, recs)
+    out = KubeletSource(api.kube()).fetch(recs)
+    usage = out["uid-0"]
+    assert usage.containers == {"app": 300 * MI, "side": 20 * MI}
+    assert usage.pod_bytes == 321 * MI and usage.total == 321 * MI  # the pod cgroup's figure wins
+    assert usage.timestamp == NOW_TS and usage.source == "kubelet"
+    assert "uid-unwatched" not in out
+
+
+@pytest.mark.parametrize("n", [10, 100, 1000])
+def test_one_kubelet_request_per_node_hosting_watched_pods(api: FakeApiServer, n: int) -> None:
+    kube = api.kube()
+    recs = records(n, nodes=3)
+    serve_summaries(api, recs, nodes=3)
+    api.summaries["node-idle"] = summary("node-idle", NOW, [])  # hosts no watched pod: never asked
+    out = KubeletSource(kube).fetch(recs)
+    assert len(out) == n
+    assert sorted(r.path for r in api.requests()) == [f"/api/v1/nodes/node-{i}/proxy/stats/summary"
+                                                      for i in range(3)]
+    assert kube.request_count("GET", "nodes/proxy") == 3 == kube.request_count()
+
+
+def test_kubelet_timestamp_is_the_stalest_part(api: FakeApiServer) -> None:
+    recs = records(1, nodes=1)
+    entry = summary_pod("shop", "p0", "uid-0", NOW, {"app": 1 * MI})
+    entry["containers"][0]["memory"]["time"] = "2026-11-28T09:59:00Z"
+    entry["memory"] = {"time": NOW, "workingSetBytes": 2 * MI}
+    api.summaries["node-0"] = summary("node-0", NOW, [entry])
+    assert KubeletSource(api.kube()).fetch(recs)["uid-0"].timestamp == NOW_TS - 60  # type: ignore[operator]
+
+
+@pytest.mark.parametrize("mangle", [
+    lambda e: e["containers"][0]["memory"].update(workingSetBytes="300Mi"),
+    lambda e: [c["memory"].pop("time") for c in e["containers"]],
+    lambda e: e.update(containers=[]),
+    lambda e: e["containers"][0].pop("name"),
+    lambda e: e["podRef"].pop("uid"),
+])
+def test_malformed_kubelet_entries_are_ignored(api: FakeApiServer, mangle: Callable[[dict[str, Any]], Any]) -> None:
+    recs = records(2, nodes=1)
+    serve_summaries(api, recs, nodes=1)
+    for entry in api.summaries["node-0"]["pods"]:
+        entry.pop("memory", None)
+    mangle(api.summaries["node-0"]["pods"][0])
+    out = KubeletSource(api.kube()).fetch(recs)
+    assert "uid-1" in out
+    if "uid-0" in out:  # a container without a usable figure is simply missing, never invented
+        assert out["uid-0"].containers == {"side": 20 * MI}
+
+
+def test_kubelet_node_failures(api: FakeApiServer, caplog: pytest.LogCaptureFixture) -> None:
+    recs = records(6, nodes=3)
+    serve_summaries(api, recs, nodes=3)
+    del api.summaries["node-1"]
+    api.summaries["node-2"] = "{not json"
+    out = KubeletSource(api.kube()).fetch(recs)
+    assert {r.node for r in recs if r.uid in out} == {"node-0"}
+    assert 'kubelet source: node node-1 failed: HTTP 404 Not Found: nodes "node-1" not found' in caplog.text
+    assert "kubelet source: node node-2 failed" in caplog.text and "node-0" not in caplog.text
+    api.summaries.clear()
+    with pytest.raises(SourceError, match="every node failed"):
+        KubeletSource(api.kube()).fetch(recs)
+
+
+# ---------------------------------------------------------------------------------------------
+# auto: metrics-api while it is served, else kubelet, and switch when it comes or goes
+
+
+def test_auto_source_picks_and_switches(api: FakeApiServer, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="memwatch")
+    kube = api.kube()
+    recs = records(4, nodes=2)
+    serve_metrics(api, recs)
+    serve_summaries(api, recs, nodes=2)
+    clock = FakeClock()
+    auto = make_source("auto", kube)
+    assert isinstance(auto, AutoSource)
+    auto.clock = clock
+    auto.recheck_seconds = 60.0
+
+    assert next(iter(auto.fetch(recs).values())).source == "metrics-api"
+    assert "source auto: using metrics-api (metrics.k8s.io/v1beta1 is served)" in caplog.text
+    discovery = len(api.requests("GET", METRICS))
+    auto.fetch(recs)
+    assert len(api.requests("GET", METRICS)) == discovery, "no discovery request before the recheck is due"
+
+    # metrics-server goes away: the failing sweep raises, the next one rechecks and uses kubelet.
+    api.metrics_served = False
+    with pytest.raises(SourceError):
+        auto.fetch(recs)
+    assert next(iter(auto.fetch(recs).values())).source == "kubelet"
+    assert "source auto: using kubelet (metrics.k8s.io/v1beta1 is not served)" in caplog.text
+
+    # It comes back: picked up at the next recheck, not before.
+    api.metrics_served = True
+    clock.advance(30)
+    assert next(iter(auto.fetch(recs).values())).source == "kubelet"
+    clock.advance(31)
+    assert next(iter(auto.fetch(recs).values())).source == "metrics-api"
+    assert caplog.text.count("source auto: using metrics-api") == 2
+
+
+def test_auto_source_starts_on_kubelet_without_metrics_server(api: FakeApiServer) -> None:
+    api.metrics_served = False
+    recs = records(2, nodes=1)
+    serve_summaries(api, recs, nodes=1)
+    auto = make_source("auto", api.kube())
+    assert {u.source for u in auto.fetch(recs).values()} == {"kubelet"}
+    assert api.requests("GET", METRICS_PODS) == []
+
+
+# ---------------------------------------------------------------------------------------------
+# The watcher: paged LIST, WATCH with bookmarks, 410 → re-list; the index keeps annotated pods
+
+
+def cluster(n: int, every: int = 10) -> list[dict[str, Any]]:
+    """n pods; every `every`-th carries a memwatch annotation."""
+    return [make_pod(f"p{i}", "shop", uid=f"uid-{i}", annotations={"memwatch.io/limit": "512Mi"}
+                     if i % every == 0 else {"team": "x"}) for i in range(n)]
+
+
+def test_paged_list_keeps_only_annotated_pods(api: FakeApiServer) -> None:
+    api.pods = cluster(1234)
+    index = PodIndex(Defaults(), Protections().reason)
+    watcher = PodWatcher(api.kube(), index, label_selector="tier=web")
+    watcher.list_once()
+    pages = api.requests("GET", "/api/v1/pods")
+    assert len(pages) == 3
+    assert [p.query.get("continue") for p in pages] == [None, "500", "1000"]
+    assert all(p.query["limit"] == "500" for p in pages)
+    assert all(p.query["fieldSelector"] == ACTIVE_PODS and p.query["labelSelector"] == "tier=web" for p in pages)
+    assert len(index) == 124 and watcher.resource_version == "1000" and watcher.synced.is_set()
+
+
+def test_namespaced_watcher_lists_its_namespace(api: FakeApiServer) -> None:
+    api.pods = cluster(10, every=1)
+    watcher = PodWatcher(api.kube(), PodIndex(Defaults(), Protections().reason), namespace="shop")
+    watcher.list_once()
+    assert [r.path for r in api.requests()] == ["/api/v1/namespaces/shop/pods"]
+
+
+def _ev(kind: str, pod: dict[str, Any], rv: str) -> dict[str, Any]:
+    pod = {**pod, "metadata": {**pod["metadata"], "resourceVersion": rv}}
+    return {"type": kind, "object": pod}
+
+
+def test_watch_events_update_the_index(api: FakeApiServer) -> None:
+    api.pods = cluster(20)  # p0 and p10 watched
+    index = PodIndex(Defaults(), Protections().reason)
+    watcher = PodWatcher(api.kube(), index)
+    watcher.list_once()
+    assert {r.name for r in index.snapshot()} == {"p0", "p10"}
+    new = make_pod("new", "shop", uid="uid-new")
+    plain = make_pod("plain", "shop", uid="uid-plain", annotations={})
+    p0_unannotated = make_pod("p0", "shop", uid="uid-0", annotations={"team": "x"})
+    api.watch_scripts.append([
+        _ev("ADDED", new, "1001"),
+        _ev("ADDED", plain, "1002"),
+        _ev("MODIFIED", p0_unannotated, "1003"),  # annotation removed: no longer watched
+        _ev("DELETED", api.pods[10], "1004"),
+        {"type": "BOOKMARK", "object": {"kind": "Pod", "apiVersion": "v1", "metadata": {"resourceVersion": "1050"}}},
+    ])
+    watcher.watch_once()
+    assert {r.name for r in index.snapshot()} == {"new"}
+    assert watcher.resource_version == "1050"
+    (watch,) = api.requests("GET", "/api/v1/pods")[1:]
+    assert watch.query["watch"] == "true" and watch.query["allowWatchBookmarks"] == "true"
+    assert watch.query["resourceVersion"] == "1000"
+
+
+def test_watch_410_raises_gone(api: FakeApiServer) -> None:
+    api.pods = cluster(3)
+    watcher = PodWatcher(api.kube(), PodIndex(Defaults(), Protections().reason))
+    watcher.list_once()
+    api.watch_scripts.append([{"type": "ERROR", "object": {"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                                                           "message": "too old resource version: 1 (5)",
+                                                           "reason": "Expired", "code": 410}}])
+    with pytest.raises(Gone):
+        watcher.watch_once()
+
+
+def test_run_relists_after_410_and_carries_sweep_state(api: FakeApiServer) -> None:
+    api.pods = cluster(30)
+    index = PodIndex(Defaults(), Protections().reason)
+    watcher = PodWatcher(api.kube(), index, watch_timeout=1)
+    gone = {"type": "ERROR", "object": {"kind": "Status", "code": 410, "reason": "Expired", "message": "too old"}}
+    added = make_pod("late", "shop", uid="uid-late")
+    api.watch_scripts.extend([[_ev("ADDED", added, "1001"), gone]])
+    marked = threading.Event()
+
+    def relisted() -> bool:
+        rec = index.get("uid-0")
+        if rec is not None and not marked.is_set():
+            rec.acted = "evicted"  # sweep state set between the lists
+            marked.set()
+        return watcher.lists >= 2
+
+    thread = threading.Thread(target=watcher.run, daemon=True)
+    thread.start()
+    try:
+        wait_for(relisted)
+    finally:
+        watcher.stop()
+        thread.join(timeout=5)
+    assert not thread.is_alive()
+    lists = [r for r in api.requests("GET", "/api/v1/pods") if r.query.get("watch") != "true"]
+    assert len(lists) >= 2
+    # The re-list is the truth: "late" came only from the watch and is not in the LIST, so it is gone.
+    assert {r.name for r in index.snapshot()} == {"p0", "p10", "p20"}
+    rec = index.get("uid-0")
+    assert rec is not None and rec.acted == "evicted", "sweep state survives a re-list"
+    assert all(r.method == "GET" for r in api.requests()), "the watcher never writes"
