@@ -23,6 +23,9 @@ from memwatch.sources import SourceError, UsageSource
 
 log = logging.getLogger("memwatch.sweep")
 
+#: How often a sweep loop that may not act yet (not synced, not the leader) checks again, seconds.
+NOT_READY_RECHECK = 0.5
+
 
 @dataclass(slots=True)
 class SweepReport:
@@ -165,6 +168,11 @@ class Sweeper:
                     next_sweep = now + self.interval
                     if self.is_leader():
                         self.sweep_once()
+                    else:
+                        # Not ready yet (the watch is still listing) or not the leader: look again
+                        # soon, so the first sweep follows the initial LIST (or a takeover) at once
+                        # instead of up to a whole interval later.
+                        next_sweep = now + min(self.interval, NOT_READY_RECHECK)
                 elif self.is_leader():
                     self.enforcer.retry_due()
             except Exception:  # a bug or an odd API answer in one sweep must not stop the controller
