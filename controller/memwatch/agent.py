@@ -191,6 +191,8 @@ class Agent:
         self.over_ceiling = False
         self._self_checked = -1e18
         self._events_ok = True
+        self._events_dirty = True
+        self._synced_generation = -1
         self._poll: Any = None  # select.poll
         self._poll_fds: dict[int, CgroupReader | None] = {}
         self._poll_key: tuple[int, ...] = ()
@@ -263,6 +265,9 @@ class Agent:
         policy = rec.policy
         assert policy is not None
         st = self._state(rec)
+        if st.policy is not policy:
+            st.policy = policy
+            self._events_dirty = True  # new pod or changed annotations: new kernel thresholds
         st.history.append((usage.timestamp, dict(usage.containers), usage.total))
         if rec.terminating or rec.acted is not None or rec.uid in self.worker.busy \
                 or st.evicting_since is not None:
@@ -485,17 +490,23 @@ class Agent:
 
     # -- kernel notifications ------------------------------------------------------------------------
     def _sync_events(self) -> None:
-        """Register kernel thresholds for new or changed cgroups; rebuild the poll set when it changed."""
-        if not self._events_ok:
+        """Register kernel thresholds and memory.stat gates for new or changed cgroups, and rebuild the
+        poll set; only when a cgroup was opened or closed or a policy changed, not every sample."""
+        if not self._events_dirty and self._synced_generation == self.source.generation:
             return
+        self._events_dirty = False
+        self._synced_generation = self.source.generation
         for uid, entry in self.source.pods.items():
             st = self.states.get(uid)
-            rec = self.index.get(uid)
-            if st is None or rec is None or rec.policy is None:
+            if st is None or st.policy is None:
                 continue
+            if entry.pod is not None:
+                entry.pod.gate_bytes = min((lim.bytes for lim in st.policy.limits if lim.container is None),
+                                           default=None)
             for name, reader in entry.containers.items():
-                wanted = self._thresholds(rec.policy, name)
-                if reader.thresholds == wanted:
+                wanted = self._thresholds(st.policy, name)
+                reader.gate_bytes = min(wanted, default=None)
+                if not self._events_ok or reader.thresholds == wanted:
                     continue
                 try:
                     reader.watch_thresholds(wanted)
@@ -505,7 +516,6 @@ class Agent:
                     self._events_ok = False
                     log.warning("kernel memory notifications unavailable (%s); sampling every %.0fms only",
                                 exc, self.settings.sample_period * 1000)
-                    return
         key = tuple(fd for entry in self.source.pods.values() for r in entry.containers.values()
                     for fd in (*r.events, *([r.events_fd] if r.events_fd is not None else [])))
         if key != self._poll_key or self._poll is None:

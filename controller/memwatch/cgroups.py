@@ -450,6 +450,7 @@ class CgroupSource:
         self.pods: dict[str, PodCgroups] = {}
         self.problems: dict[str, str] = {}  # uid -> the problem already logged for it
         self.vanished = 0
+        self.generation = 0  # bumped whenever the set of open cgroups changes
         self._bases: list[Path] = []
         self._bases_at = -1e18
 
@@ -493,6 +494,7 @@ class CgroupSource:
         if pod_dir is None and not paths:
             return None
         entry = PodCgroups(record.container_ids, pod_dir)
+        self.generation += 1
         for name, path in paths.items():
             try:
                 entry.containers[name] = CgroupReader(path, self.hierarchy, self.clock)
@@ -510,6 +512,7 @@ class CgroupSource:
         entry = self.pods.pop(uid, None)
         if entry is not None:
             entry.close()
+            self.generation += 1
         self.problems.pop(uid, None)
 
     def prune(self, live: Iterable[str]) -> None:
@@ -536,6 +539,7 @@ class CgroupSource:
                     self.vanished += 1
                     entry.containers.pop(name).close()
                     entry.key = ()
+                    self.generation += 1
                     continue
                 containers[name] = s.working_set
                 stamp = s.timestamp if stamp is None else min(stamp, s.timestamp)
