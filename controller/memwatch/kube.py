@@ -74,17 +74,21 @@ def load_client(kubeconfig: str | None = None, context: str | None = None) -> k8
 
 
 def _resource_of(path: str) -> str:
-    """A coarse resource name for request counting: `pods`, `pods/eviction`, `nodes/proxy`, …"""
+    """A coarse resource name for request counting: `pods`, `pods/eviction`, `nodes/proxy`, …
+
+    Read by position (/api/v1 or /apis/<group>/<version>, then namespaces/<ns>, then
+    <resource>[/<name>[/<subresource>]]), so a namespace or pod named like a resource does not
+    change the count, and a discovery GET (/apis/<group>/<version>) is counted as the group.
+    """
     parts = [p for p in path.split("?")[0].split("/") if p]
-    if "proxy" in parts:
-        return "nodes/proxy"
-    if "metrics.k8s.io" in parts:
-        return "metrics.k8s.io/pods"
-    skip = {"api", "apis", "v1", "v1beta1", "namespaces", "policy", "coordination.k8s.io"}
-    names = [p for p in parts if p not in skip]
-    kinds = ("pods", "events", "leases", "nodes", "eviction")
-    found = [p for p in names if p in kinds]
-    return "/".join(found) if found else (names[-1] if names else "/")
+    group = parts[1] if parts[:1] == ["apis"] and len(parts) > 1 else ""
+    rest = parts[2:] if parts[:1] == ["api"] else parts[3:] if group else []
+    if rest[:1] == ["namespaces"] and len(rest) > 2:
+        rest = rest[2:]
+    if not rest:
+        return group or "/"
+    resource = rest[0] + (f"/{rest[2]}" if len(rest) > 2 else "")
+    return f"{group}/{resource}" if group == "metrics.k8s.io" else resource
 
 
 class Kube:
