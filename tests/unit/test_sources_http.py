@@ -387,3 +387,38 @@ def test_run_relists_after_410_and_carries_sweep_state(api: FakeApiServer) -> No
     rec = index.get("uid-0")
     assert rec is not None and rec.acted == "evicted", "sweep state survives a re-list"
     assert all(r.method == "GET" for r in api.requests()), "the watcher never writes"
+
+
+# ---------------------------------------------------------------------------------------------
+# Request counting (what the structural guards and the benchmarks read)
+
+
+@pytest.mark.parametrize(("path", "resource"), [
+    ("/api/v1/pods", "pods"),
+    ("/api/v1/namespaces/shop/pods", "pods"),
+    ("/api/v1/namespaces/shop/pods/web/eviction", "pods/eviction"),
+    ("/api/v1/namespaces/events/pods/proxy/eviction", "pods/eviction"),  # names that look like resources
+    ("/api/v1/namespaces/shop/pods/events", "pods"),
+    ("/api/v1/namespaces/shop/events", "events"),
+    ("/api/v1/nodes/node-1/proxy/stats/summary", "nodes/proxy"),
+    ("/apis/metrics.k8s.io/v1beta1/pods", "metrics.k8s.io/pods"),
+    ("/apis/metrics.k8s.io/v1beta1/namespaces/shop/pods", "metrics.k8s.io/pods"),
+    ("/apis/metrics.k8s.io/v1beta1", "metrics.k8s.io"),  # discovery is not a usage read
+    ("/apis/policy/v1", "policy"),
+    ("/apis/coordination.k8s.io/v1/namespaces/ops/leases/memwatch", "leases"),
+])
+def test_requests_are_counted_by_resource(path: str, resource: str) -> None:
+    from memwatch.kube import _resource_of
+
+    assert _resource_of(path) == resource
+
+
+def test_auto_source_discovery_is_not_counted_as_a_usage_read(api: FakeApiServer) -> None:
+    kube = api.kube()
+    recs = records(100)
+    serve_metrics(api, recs)
+    auto = make_source("auto", kube)
+    for sweep in range(1, 4):
+        auto.fetch(recs)
+        assert kube.request_count("GET", "metrics.k8s.io/pods") == sweep
+    assert kube.request_count("GET", "metrics.k8s.io") == 1
