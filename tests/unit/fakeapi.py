@@ -76,6 +76,7 @@ class FakeApiServer:
         self.log: list[Request] = []
         self.lock = threading.Lock()
         self.metrics_served = True
+        self.policy_v1_served = True  # False: a 1.20/1.21 server (Eviction only in policy/v1beta1)
         self.pod_metrics: list[dict[str, Any]] = []
         self.summaries: dict[str, Any] = {}  # node → Summary dict (or raw str for malformed JSON)
         self.eviction: dict[str, deque[int]] = {}  # pod name → statuses; the last repeats
@@ -174,6 +175,8 @@ class FakeApiServer:
                 return 200, {"kind": "PodMetricsList", "apiVersion": "metrics.k8s.io/v1beta1",
                              "metadata": {}, "items": items}
             if path == "/apis/policy/v1":
+                if not self.policy_v1_served:
+                    return not_found
                 return 200, {"kind": "APIResourceList", "groupVersion": "policy/v1", "resources": []}
             m = re.fullmatch(r"/api/v1/nodes/([^/]+)/proxy/stats/summary", path)
             if m:

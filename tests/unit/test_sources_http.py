@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -422,3 +423,29 @@ def test_auto_source_discovery_is_not_counted_as_a_usage_read(api: FakeApiServer
         auto.fetch(recs)
         assert kube.request_count("GET", "metrics.k8s.io/pods") == sweep
     assert kube.request_count("GET", "metrics.k8s.io") == 1
+
+
+@pytest.mark.parametrize(("served", "version"), [(True, "policy/v1"), (False, "policy/v1beta1")])
+def test_eviction_uses_policy_v1_where_served_else_v1beta1(api: FakeApiServer, served: bool, version: str) -> None:
+    api.policy_v1_served = served
+    kube = api.kube()
+    for name in ("a", "b"):
+        result = kube.evict("shop", name, f"uid-{name}", 7)
+        assert result.ok and result.status == 201
+    evictions = api.requests("POST")
+    assert [r.path for r in evictions] == ["/api/v1/namespaces/shop/pods/a/eviction",
+                                           "/api/v1/namespaces/shop/pods/b/eviction"]
+    body = evictions[0].body
+    assert body["apiVersion"] == version and body["kind"] == "Eviction"
+    assert body["deleteOptions"] == {"preconditions": {"uid": "uid-a"}, "gracePeriodSeconds": 7}
+    assert len(api.requests("GET", "/apis/policy/v1")) == 1, "discovery once, not per eviction"
+
+
+def test_eviction_results_over_http(api: FakeApiServer) -> None:
+    kube = api.kube()
+    api.eviction.update({"pdb": deque([429]), "gone": deque([404]),
+                         "err": deque([500])})
+    blocked, gone, err = (kube.evict("shop", n, "u", None) for n in ("pdb", "gone", "err"))
+    assert blocked.blocked and not blocked.ok and "disruption budget" in blocked.message
+    assert gone.gone and not gone.ok
+    assert not err.ok and err.status == 500 and not err.blocked and not err.gone

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ast
 import re
+from collections import deque
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -168,7 +169,7 @@ def test_full_cycle_writes_only_evictions_deletions_and_events(api: FakeApiServe
     ]
     api.pods = pods
     for name, codes in {"pdb": [429], "pdb-stuck": [429], "gone": [404], "fail": [500, 500, 201]}.items():
-        api.eviction[name] = __import__("collections").deque(codes)
+        api.eviction[name] = deque(codes)
     kube = api.kube()
     rig = Rig(kube, clock, source=MetricsApiSource(kube), escalation_timeout=20.0)
     rig.recorder.load_history()
