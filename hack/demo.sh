@@ -23,7 +23,8 @@ say() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
 
 if command -v docker >/dev/null 2>&1 && docker info >/dev/null 2>&1; then
     say "Docker runs here: using kind"
-    bash tests/e2e/kind/run.sh up
+    # The e2e values stream memwatch only the suite's pods; the demo watches every pod.
+    HELM_ARGS="--set=labelSelector=" bash tests/e2e/kind/run.sh up
     KUBECONFIG=${XDG_CACHE_HOME:-$HOME/.cache}/memwatch/kind/kubeconfig
     KUBECTL=kubectl
     TEARDOWN="bash tests/e2e/kind/run.sh down"
@@ -33,7 +34,9 @@ else
     bash hack/local-cluster.sh images
     KUBECONFIG=/var/lib/memwatch-cluster/kubeconfig
     say "installing memwatch with the Python Helm engine"
-    "$PY" hack/e2e-install.py install --kubeconfig "$KUBECONFIG" --values tests/e2e/values-e2e.yaml
+    # The e2e values stream memwatch only the suite's pods; the demo watches every pod.
+    "$PY" hack/e2e-install.py install --kubeconfig "$KUBECONFIG" --values tests/e2e/values-e2e.yaml \
+        --set labelSelector=
     # The kubectl built with the cluster matches its version; any other kubectl will do.
     KUBECTL=$(ls "${XDG_CACHE_HOME:-$HOME/.cache}"/memwatch/kubernetes-*/bin/kubectl 2>/dev/null | tail -n 1 || true)
     KUBECTL=${KUBECTL:-kubectl}

@@ -59,6 +59,15 @@ def _values(args: argparse.Namespace) -> dict[str, Any]:
     return values
 
 
+#: Container waiting reasons after which a pod will not start by itself: fail at once.
+HOPELESS = ("ErrImageNeverPull", "ErrImagePull", "ImagePullBackOff", "InvalidImageName",
+            "CreateContainerConfigError", "CrashLoopBackOff")
+
+
+class Hopeless(Exception):
+    """A memwatch pod that will not start without help."""
+
+
 class Kubectl:
     """The few reads and writes the installer makes, through memwatch's own raw-JSON client."""
 
@@ -119,18 +128,49 @@ class Kubectl:
             if not (available and rolled_out):
                 problems.append(f"Deployment {dep['metadata']['name']} is not Available yet")
         if agent:
-            for ds in self.get(f"/apis/apps/v1/namespaces/{namespace}/daemonsets",
-                               labelSelector=selector + ",app.kubernetes.io/component=agent")["items"]:
-                st = ds.get("status") or {}
-                if not st.get("desiredNumberScheduled") or st.get("numberReady") != st["desiredNumberScheduled"]:
-                    problems.append(f"DaemonSet {ds['metadata']['name']} ready "
-                                    f"{st.get('numberReady', 0)}/{st.get('desiredNumberScheduled')}")
+            problems += self.agent_not_ready(namespace, selector)
+        for pod in (self.get(f"/api/v1/namespaces/{namespace}/pods", labelSelector=selector) or {}).get("items", []):
+            for st in (pod.get("status") or {}).get("containerStatuses") or []:
+                waiting = (st.get("state") or {}).get("waiting") or {}
+                if waiting.get("reason") in HOPELESS:
+                    raise Hopeless(f"pod {pod['metadata']['name']}: {waiting['reason']}: {waiting.get('message', '')}")
         return problems
+
+    def wait_pods_gone(self, namespace: str, selector: str, timeout: float) -> None:
+        """Wait until the release's pods are gone: a controller still shutting down could act."""
+        deadline = time.monotonic() + timeout
+        while (self.get(f"/api/v1/namespaces/{namespace}/pods", labelSelector=selector) or {}).get("items"):
+            if time.monotonic() > deadline:
+                raise SystemExit(f"memwatch's pods are still there {timeout:.0f}s after the uninstall")
+            time.sleep(1)
+
+    def agent_not_ready(self, namespace: str, selector: str) -> list[str]:
+        """Nodes that are Ready but have no ready agent pod. (Nodes that are not Ready, such as the
+        benchmarks' fake nodes, never run one: the DaemonSet's own counts include them.)"""
+        nodes = [n["metadata"]["name"] for n in self.get("/api/v1/nodes")["items"]
+                 if any(c["type"] == "Ready" and c["status"] == "True" for c in n["status"].get("conditions") or [])
+                 and not n["spec"].get("unschedulable")]
+        pods = self.get(f"/api/v1/namespaces/{namespace}/pods",
+                        labelSelector=selector + ",app.kubernetes.io/component=agent")["items"]
+        ready = {p["spec"].get("nodeName") for p in pods
+                 if any(c["type"] == "Ready" and c["status"] == "True" for c in p["status"].get("conditions") or [])}
+        return [f"no ready agent pod on node {n}" for n in nodes if n not in ready]
 
     def wait_available(self, namespace: str, release: str, agent: bool, timeout: float) -> None:
         selector = f"app.kubernetes.io/instance={release}"
         deadline = time.monotonic() + timeout
-        while problems := self.not_ready(namespace, selector, agent):
+        while True:
+            try:
+                problems = self.not_ready(namespace, selector, agent)
+            except Hopeless as exc:
+                print(f"memwatch cannot start: {exc}", file=sys.stderr)
+                if "Pull" in str(exc):
+                    print("  the image must be loaded into the node: `bash hack/local-cluster.sh images` "
+                          "(or `kind load docker-image`)", file=sys.stderr)
+                self.report(namespace, selector)
+                raise SystemExit(1) from None
+            if not problems:
+                return
             if time.monotonic() > deadline:
                 print(f"memwatch is not ready after {timeout:.0f}s: {'; '.join(problems)}", file=sys.stderr)
                 self.report(namespace, selector)
@@ -168,6 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.verb == "uninstall":
         helm.uninstall(args.release, ignore_not_found=True, wait="watcher", timeout=120)
         print(f"uninstalled release {args.release} from {args.namespace}")
+        kube.wait_pods_gone(args.namespace, f"app.kubernetes.io/instance={args.release}", args.timeout)
         kube.delete_namespace_if_ours(args.namespace)
         return 0
 
@@ -192,7 +233,13 @@ def main(argv: list[str] | None = None) -> int:
 
 def _status(release: dict[str, Any]) -> str:
     """The release's status word (`deployed`, `failed`, ...), from helm-python-sdk's release dict."""
-    return str((release.get("info") or {}).get("status", "?"))
+    for holder in (release, release.get("release") or {}, release.get("summary") or {}):
+        info = holder.get("info")
+        if isinstance(info, dict) and info.get("status"):
+            return str(info["status"])
+        if isinstance(holder.get("status"), str):
+            return str(holder["status"])
+    return "status unknown (keys: " + ", ".join(sorted(release)) + ")"
 
 
 if __name__ == "__main__":

@@ -132,8 +132,10 @@ def memwatch(cluster: Cluster) -> Iterator[Memwatch]:
         if install is None:
             install = bool(on_local)
         if not install:
-            pytest.skip("SKIPPED e2e: memwatch is not installed on this cluster; install the chart "
-                        "(tests/e2e/values-e2e.yaml) or set MEMWATCH_E2E_INSTALL=1")
+            reason = ("memwatch is not installed on this cluster; install the chart with "
+                      "tests/e2e/values-e2e.yaml, or set MEMWATCH_E2E_INSTALL=1")
+            _SKIPPED.append(reason)
+            pytest.skip(f"SKIPPED e2e: {reason}")
         _install(kubeconfig, "install")
         installed_here = True
         found = Memwatch.find(cluster)

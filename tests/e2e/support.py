@@ -15,7 +15,7 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 from urllib.parse import quote
@@ -31,6 +31,8 @@ PULL_POLICY = os.environ.get("MEMWATCH_E2E_PULL_POLICY", "Never")
 SELF_SELECTOR = "app.kubernetes.io/name=memwatch"
 CONTROLLER_SELECTOR = SELF_SELECTOR + ",app.kubernetes.io/component=controller"
 AGENT_SELECTOR = SELF_SELECTOR + ",app.kubernetes.io/component=agent"
+#: The label on everything the suite creates; values-e2e.yaml streams memwatch only pods with it.
+PART_OF = {"app.kubernetes.io/part-of": "memwatch-e2e"}
 #: Event reasons that mean memwatch acted on a pod (observability.ACTED_REASONS, minus dry-run).
 ACTION_REASONS = ("MemwatchEvicted", "MemwatchDeleted", "MemwatchEscalated", "MemwatchKilled")
 #: Container waiting reasons after which a pod will not start by itself.
@@ -63,6 +65,23 @@ def wait_for(what: str, check: Callable[[], T | None], timeout: float, poll: flo
         if remaining <= 0:
             raise WaitTimeout(f"timed out after {timeout:.0f}s waiting for {what}")
         time.sleep(min(poll, remaining))
+
+
+def reporter(event: Mapping[str, Any]) -> str:
+    """Which memwatch component posted an Event: `agent` or `controller` (by its pod's name)."""
+    host = str((event.get("source") or {}).get("host") or event.get("reportingInstance") or "")
+    return "agent" if "-agent-" in host else "controller"
+
+
+def repeated(events: list[dict[str, Any]], reason: str) -> dict[str, int]:
+    """Components that posted ``reason`` more than once. The controller and the node agent each
+    report on their own, so one Event from each is expected; more from either is a repeat (also
+    across restarts, where the pod names change)."""
+    counts: dict[str, int] = {}
+    for event in events:
+        if event.get("reason") == reason:
+            counts[reporter(event)] = counts.get(reporter(event), 0) + 1
+    return {who: n for who, n in counts.items() if n > 1}
 
 
 def unique(prefix: str) -> str:
@@ -125,7 +144,7 @@ class Cluster(Kube):
     def create_namespace(self, name: str) -> None:
         self.request("POST", "/api/v1/namespaces", {
             "apiVersion": "v1", "kind": "Namespace",
-            "metadata": {"name": name, "labels": {"app.kubernetes.io/part-of": "memwatch-e2e"}}})
+            "metadata": {"name": name, "labels": PART_OF}})
         # The controller manager creates the `default` ServiceAccount; pods are refused until then.
         wait_for(f"the default ServiceAccount in {name}",
                  lambda: self.get_or_none(f"/api/v1/namespaces/{name}/serviceaccounts/default"), 60)
@@ -222,13 +241,16 @@ class Cluster(Kube):
 
         return wait_for(f"Event {reason} on pod uid {uid} in {ns}", found, timeout, fail=fail)
 
-    def nodes_not_ready(self) -> list[str]:
-        bad = []
-        for node in self.get("/api/v1/nodes").get("items") or []:
-            ready = [c for c in (node.get("status") or {}).get("conditions") or [] if c.get("type") == "Ready"]
-            if not ready or ready[0].get("status") != "True":
-                bad.append(node["metadata"]["name"])
-        return bad
+    def ready_nodes(self) -> list[str]:
+        """Schedulable nodes whose Ready condition is True (the benchmarks register fake nodes that
+        never are)."""
+        return [n["metadata"]["name"] for n in self.get("/api/v1/nodes").get("items") or []
+                if not n["spec"].get("unschedulable")
+                and any(c["type"] == "Ready" and c["status"] == "True" for c in n["status"].get("conditions") or [])]
+
+    def node_ready(self, name: str) -> bool:
+        node = self.get(f"/api/v1/nodes/{name}")
+        return any(c["type"] == "Ready" and c["status"] == "True" for c in node["status"].get("conditions") or [])
 
     def working_set(self, pod: Mapping[str, Any]) -> int | None:
         """The pod's working set as the usage sources see it: metrics.k8s.io when served (what
@@ -266,6 +288,11 @@ def hopeless(pod: Mapping[str, Any] | None) -> str | None:
     return None
 
 
+def pod_ready(pod: Mapping[str, Any]) -> bool:
+    conditions = (pod.get("status") or {}).get("conditions") or []
+    return any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
+
+
 def oom_killed(pod: Mapping[str, Any] | None) -> str | None:
     """The container the kernel OOM-killed, from the current or last state, if any."""
     for s in ((pod or {}).get("status") or {}).get("containerStatuses") or []:
@@ -298,7 +325,7 @@ def hog_pod(ns: str, name: str, args: list[str], limit: str, annotations: Mappin
     return {
         "apiVersion": "v1", "kind": "Pod",
         "metadata": {"name": name, "namespace": ns, "annotations": dict(annotations or {}),
-                     "labels": {"app.kubernetes.io/part-of": "memwatch-e2e", **(labels or {})}},
+                     "labels": {**PART_OF, **(labels or {})}},
         "spec": {"terminationGracePeriodSeconds": 2, "containers": [hog_container(args, limit)]},
     }
 
@@ -443,15 +470,15 @@ class Memwatch:
     def dry_run(self) -> bool:
         return _flag(self.args, "--dry-run") is not None
 
-    def agent_ready(self) -> str | None:
-        """None when the agent DaemonSet runs on every node, else why not."""
+    def agent_ready(self, exclude: Collection[str] = ()) -> str | None:
+        """None when an agent pod (not one of ``exclude``) is ready on every Ready node, else why not."""
         if not self.agent_daemonset:
             return "the agent DaemonSet is not deployed (chart value agent.enabled=false)"
-        ds = self.cluster.get(f"/apis/apps/v1/namespaces/{self.namespace}/daemonsets/{self.agent_daemonset}")
-        st = ds.get("status") or {}
-        if not st.get("desiredNumberScheduled") or st.get("numberReady") != st.get("desiredNumberScheduled"):
-            return f"the agent DaemonSet is not ready ({st.get('numberReady', 0)}/{st.get('desiredNumberScheduled')})"
-        return None
+        ready = {p["spec"].get("nodeName") for p in self.cluster.pods(self.namespace, AGENT_SELECTOR)
+                 if p["metadata"]["name"] not in exclude and not p["metadata"].get("deletionTimestamp")
+                 and pod_ready(p)}
+        missing = [n for n in self.cluster.ready_nodes() if n not in ready]
+        return f"no ready agent pod on node(s) {', '.join(missing)}" if missing else None
 
     # -- pods and logs -------------------------------------------------------------------------
     def controller_pods(self) -> list[dict[str, Any]]:

@@ -23,12 +23,15 @@ from memwatch.quantity import parse_bytes, parse_time
 
 from .support import (
     ACTION_REASONS,
+    PART_OF,
     Cluster,
     Memwatch,
     PodRecorder,
     hog_container,
     hog_pod,
     kill_fields,
+    repeated,
+    reporter,
     sleeper_pod,
     unique,
     wait_for,
@@ -55,8 +58,9 @@ def no_oom(recorder: PodRecorder, uid: str) -> Callable[[], str | None]:
     return check
 
 
-def untouched(cluster: Cluster, ns: str, name: str, uid: str) -> Callable[[], str | None]:
-    """An invariant for waits: the pod is the same pod, alive, never restarted, never acted on."""
+def untouched(cluster: Cluster, ns: str, name: str, uid: str, restarts: int = 0) -> Callable[[], str | None]:
+    """An invariant for waits: the pod is the same pod, alive, not restarted (beyond ``restarts``
+    it had already), never acted on."""
 
     def check() -> str | None:
         pod = cluster.pod(ns, name)
@@ -65,7 +69,7 @@ def untouched(cluster: Cluster, ns: str, name: str, uid: str) -> Callable[[], st
         if pod["metadata"].get("deletionTimestamp"):
             return f"pod {ns}/{name} is being deleted"
         statuses = (pod.get("status") or {}).get("containerStatuses") or []
-        if any(int(s.get("restartCount") or 0) for s in statuses):
+        if sum(int(s.get("restartCount") or 0) for s in statuses) > restarts:
             return f"pod {ns}/{name} restarted: {statuses}"
         acted = [e["reason"] for e in cluster.memwatch_events(ns, uid) if e["reason"] in ACTION_REASONS]
         if acted:
@@ -113,14 +117,16 @@ def test_1_annotated_hog_is_evicted_before_the_kernel_oom_kills_it(
     assert fields.get("source") and fields.get("latency") and fields.get("sample_age"), line
     for key in ("usage", "source", "sample_age", "latency"):
         clock(key, fields[key])
+    clock("acted_by", pod_name)  # the controller, or the node agent when it is deployed
     print(f"\nkill line ({pod_name}): {line}")
 
+    node = fields["node"]
     wait_gone(cluster, ns, "hog", uid)
     clock("gone")
     history = recorder.history(uid)
     assert history is not None and history.oom is None, f"OOMKilled: {history}"
     assert history.restarts == 0, f"the hog restarted: {history}"
-    assert cluster.nodes_not_ready() == [], "a node is not Ready after the eviction"
+    assert cluster.node_ready(node), f"node {node} is not Ready after the eviction"
 
 
 @pytest.mark.timeout(240, func_only=True)
@@ -128,14 +134,14 @@ def test_2_the_same_hog_without_the_annotation_is_oom_killed(
         cluster: Cluster, memwatch: Memwatch, ns: str, recorder: PodRecorder, clock: Any) -> None:
     pod = cluster.create(hog_pod(ns, "hog", GROWS_TO_OOM, HARD))
     uid = pod["metadata"]["uid"]
-    cluster.wait_running(ns, "hog")
+    node = cluster.wait_running(ns, "hog")["spec"]["nodeName"]
     clock("running")
 
     oom = wait_for("the kernel to OOM-kill the unannotated hog", lambda: recorder.oom(uid), 150)
     clock("oom_killed")
     print(f"\n{oom}")
     assert cluster.memwatch_events(ns, uid) == [], "memwatch acted on a pod without annotations"
-    assert cluster.nodes_not_ready() == []
+    assert cluster.node_ready(node), f"node {node} is not Ready after the OOM kill"
 
 
 @pytest.mark.timeout(240, func_only=True)
@@ -170,8 +176,8 @@ def test_4_malformed_annotation_gets_a_warning_event_and_is_not_touched(
 
     memwatch.wait_sweeps(SWEEPS, check=untouched(cluster, ns, "typo", uid))
     assert untouched(cluster, ns, "typo", uid)() is None
-    warnings = [e for e in cluster.memwatch_events(ns, uid) if e["reason"] == "InvalidMemwatchAnnotation"]
-    assert len(warnings) == 1, f"the warning was repeated: {warnings}"
+    again = repeated(cluster.memwatch_events(ns, uid), "InvalidMemwatchAnnotation")
+    assert not again, f"the warning was repeated: {again}"
 
 
 @pytest.mark.timeout(360, func_only=True)
@@ -185,7 +191,7 @@ def test_5_pdb_blocks_the_eviction_then_memwatch_escalates(
             "replicas": 1,
             "selector": {"matchLabels": labels},
             "template": {
-                "metadata": {"labels": labels,
+                "metadata": {"labels": {**labels, **PART_OF},
                              "annotations": {"memwatch.io/limit": WATCH, "memwatch.io/escalate": "true"}},
                 "spec": {"terminationGracePeriodSeconds": 2,
                          "containers": [hog_container(GROWS_AND_HOLDS, HARD)]},
@@ -246,7 +252,8 @@ def test_6_dry_run_says_it_would_evict_and_the_pod_keeps_running(
     assert untouched(cluster, ns, "dry", uid)() is None
     still = cluster.pod(ns, "dry")
     assert still is not None and still["status"]["phase"] == "Running"
-    assert len([e for e in cluster.memwatch_events(ns, uid) if e["reason"] == "MemwatchDryRun"]) == 1
+    again = repeated(cluster.memwatch_events(ns, uid), "MemwatchDryRun")
+    assert not again, f"the dry run was repeated: {again}"
 
 
 @pytest.mark.timeout(180, func_only=True)
@@ -283,9 +290,10 @@ def test_7_agent_fast_path_beats_a_100_mib_per_second_hog(
 @pytest.mark.timeout(420, func_only=True)
 def test_8_controller_restart_during_a_breach_neither_acts_twice_nor_misses_the_pod(
         cluster: Cluster, memwatch: Memwatch, ns: str, recorder: PodRecorder, clock: Any) -> None:
-    # A pod memwatch has already acted on (dry-run: it stays over its limit, so a controller that
-    # forgot would act again), and one whose breach starts just before the restart and must last
-    # 30s: longer than the old controller's shutdown, so only the new controller can act on it.
+    # Two pods: one memwatch has already acted on (dry-run: it stays over its limit, so a memwatch
+    # that forgot would act again), and one whose breach starts just before the restart and must
+    # last 30s (memwatch.io/for): longer than the old pods' shutdown, so only the new ones can act.
+    # Every memwatch pod restarts: the controller and, when deployed, the node agents.
     acted = cluster.create(hog_pod(ns, "acted", GROWS_AND_HOLDS, HARD,
                                    {"memwatch.io/limit": WATCH, "memwatch.io/action": "dry-run"}))
     acted_uid = acted["metadata"]["uid"]
@@ -302,26 +310,29 @@ def test_8_controller_restart_during_a_breach_neither_acts_twice_nor_misses_the_
              fail=no_oom(recorder, late_uid))
     clock("breach_seen")
 
-    old = memwatch.controller_pod()["metadata"]["name"]
-    cluster.remove_pod(memwatch.namespace, old)
+    old = {p["metadata"]["name"] for p in memwatch.all_pods()}
+    for name in old:
+        cluster.remove_pod(memwatch.namespace, name)
     clock("restart")
     new = memwatch.wait_ready(timeout=180)
-    new_name = new["metadata"]["name"]
-    assert new_name != old
-    clock("new_controller_ready")
+    assert new["metadata"]["name"] not in old
+    if memwatch.agent_daemonset:
+        wait_for("new agent pods", lambda: memwatch.agent_ready(exclude=old) is None, 180)
+    clock("memwatch_ready_again")
 
     evicted = cluster.wait_event(ns, late_uid, "MemwatchEvicted", timeout=180, fail=no_oom(recorder, late_uid))
     clock("late_evicted")
-    assert (evicted.get("source") or {}).get("host") in (new_name, None), \
-        f"the old controller acted on pod late: {evicted.get('source')}"
+    acted_by = (evicted.get("source") or {}).get("host") or "?"
+    clock("acted_by", acted_by)
+    assert acted_by not in old, f"a memwatch pod acted on pod late during its shutdown: {evicted.get('source')}"
 
     memwatch.wait_sweeps(SWEEPS, check=untouched(cluster, ns, "acted", acted_uid))
-    dry_runs = [e for e in cluster.memwatch_events(ns, acted_uid) if e["reason"] == "MemwatchDryRun"]
-    assert len(dry_runs) == 1, f"acted twice on pod acted across the restart: {dry_runs}"
+    again = repeated(cluster.memwatch_events(ns, acted_uid), "MemwatchDryRun")
+    assert not again, f"the dry run on pod acted was repeated across the restart: {again}"
     evictions = [e for e in cluster.memwatch_events(ns, late_uid) if e["reason"] in ACTION_REASONS]
-    assert len(evictions) == 1, f"acted twice on pod late: {evictions}"
-    new_log = cluster.pod_log(memwatch.namespace, new_name, "controller")
-    assert f"action=would-evict pod={ns}/acted " not in new_log, "the new controller repeated the dry run"
+    assert len(evictions) == 1, f"acted twice on pod late: {[(e['reason'], reporter(e)) for e in evictions]}"
+    after = [pod for pod, _ in memwatch.lines(rf"action=would-evict pod={ns}/acted ") if pod not in old]
+    assert not after, f"memwatch repeated the dry run after the restart: {after}"
 
 
 @pytest.mark.timeout(360, func_only=True)
@@ -329,33 +340,36 @@ def test_9_protected_namespaces_and_memwatchs_own_pods_are_never_touched(
         cluster: Cluster, memwatch: Memwatch, clock: Any) -> None:
     system_ns = "kube-system"
     name = unique("memwatch-e2e-protected")
-    marked: list[tuple[str, str]] = []
+    marked: list[tuple[str, str, int]] = []  # memwatch's own pods: name, uid, restarts so far
     try:
         pod = cluster.create(sleeper_pod(system_ns, name, 48, "128Mi", {"memwatch.io/limit": "16Mi"}))
         uid = pod["metadata"]["uid"]
         cluster.wait_running(system_ns, name)
         # memwatch's own pods, annotated with a limit far below their usage.
         for own in memwatch.all_pods():
+            if own["metadata"].get("deletionTimestamp"):
+                continue
             cluster.patch_annotations(memwatch.namespace, own["metadata"]["name"], {"memwatch.io/limit": "16Mi"})
-            marked.append((own["metadata"]["name"], own["metadata"]["uid"]))
+            restarts = sum(int(s.get("restartCount") or 0) for s in own["status"].get("containerStatuses") or [])
+            marked.append((own["metadata"]["name"], own["metadata"]["uid"], restarts))
 
         event = cluster.wait_event(system_ns, uid, "MemwatchProtected", timeout=150)
         assert "kube-system is protected" in event["message"], event["message"]
-        for _, own_uid in marked:
+        for _, own_uid, _ in marked:
             ev = cluster.wait_event(memwatch.namespace, own_uid, "MemwatchProtected", timeout=90)
             assert "memwatch's own pod" in ev["message"], ev["message"]
         clock("protected_events")
 
         def all_untouched() -> str | None:
             problems = [untouched(cluster, system_ns, name, uid)()]
-            problems += [untouched(cluster, memwatch.namespace, n, u)() for n, u in marked]
+            problems += [untouched(cluster, memwatch.namespace, n, u, r)() for n, u, r in marked]
             return "; ".join(p for p in problems if p) or None
 
         memwatch.wait_sweeps(SWEEPS, check=all_untouched)
         assert all_untouched() is None
     finally:
         cluster.remove_pod(system_ns, name, grace=0)
-        for own_name, _ in marked:
+        for own_name, _, _ in marked:
             try:
                 cluster.patch_annotations(memwatch.namespace, own_name, {"memwatch.io/limit": None})
             except Exception as exc:  # the pod may be gone: nothing to undo

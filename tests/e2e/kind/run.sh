@@ -13,7 +13,8 @@
 #
 # Needs docker (a running engine), kind, kubectl and helm on PATH; fails at once, saying which
 # is missing. Environment: KEEP=1 keeps the cluster; CLUSTER (memwatch-e2e), IMG (memwatch:dev),
-# PYTEST_ARGS (extra pytest arguments), PY (the venv's python).
+# HELM_ARGS (extra `helm upgrade --install` arguments), PYTEST_ARGS (extra pytest arguments),
+# PY (the venv's python).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../../.." && pwd)
@@ -92,9 +93,9 @@ cmd_up() {
     done
 
     say "installing the chart (tests/e2e/values-e2e.yaml)"
-    # shellcheck disable=SC2046  # agent_values prints zero or one word
+    # shellcheck disable=SC2046,SC2086  # agent_values prints zero or one word; HELM_ARGS is a list
     helm upgrade --install "$RELEASE" charts/memwatch --namespace "$NAMESPACE" --create-namespace \
-        --values tests/e2e/values-e2e.yaml --set image.tag="${IMG##*:}" $(agent_values) \
+        --values tests/e2e/values-e2e.yaml --set image.tag="${IMG##*:}" $(agent_values) ${HELM_ARGS:-} \
         --wait --timeout 5m
     kubectl -n "$NAMESPACE" rollout status deployment -l app.kubernetes.io/component=controller --timeout=180s
     say "kind cluster $CLUSTER is ready: export KUBECONFIG=$KUBECONFIG"
