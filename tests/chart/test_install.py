@@ -36,9 +36,14 @@ FULLNAME = f"{RELEASE}-memwatch"
 NAMESPACE = "memwatch-chart-test"
 WORKLOAD_NAMESPACE = "memwatch-chart-workload"
 SERVICE_ACCOUNT = f"system:serviceaccount:{NAMESPACE}:{FULLNAME}"
+# Other suites and benchmarks share the cluster: this release watches every
+# namespace (the default, cluster-wide RBAC) but streams only pods with this
+# label, so it never acts on theirs.
+TEST_LABEL = ("memwatch-chart-test", "true")
 VALUES: dict[str, Any] = {
     "image": {"tag": "dev", "pullPolicy": "Never"},
     "interval": "2s",
+    "labelSelector": "=".join(TEST_LABEL),
     "verbose": True,
 }
 
@@ -174,7 +179,11 @@ def test_evicts_an_annotated_pod_over_its_limit(cluster: Cluster) -> None:
     cluster.core.create_namespaced_pod(
         WORKLOAD_NAMESPACE,
         {
-            "metadata": {"name": name, "annotations": {"memwatch.io/limit": "100Mi"}},
+            "metadata": {
+                "name": name,
+                "labels": dict([TEST_LABEL]),
+                "annotations": {"memwatch.io/limit": "100Mi"},
+            },
             "spec": {
                 "terminationGracePeriodSeconds": 1,
                 "containers": [
