@@ -116,19 +116,22 @@ class Enforcer:
             return "waiting"
         if self.settings.dry_run or policy.action is Action.DRY_RUN:
             verb = Action.EVICT if policy.action is Action.DRY_RUN else policy.action
+            # A report, not an action: said once per pod (also across restarts, from the Events), and
+            # the pod stays eligible, so switching it to `evict` later takes effect at once.
             result = f"would-{verb.value}"
-            record.acted = result
-            self._emit(result, REASON_DRY_RUN, record, trigger, None,
-                       "dry-run: nothing was written" + (" (--dry-run)" if self.settings.dry_run else ""))
+            if not self.recorder.already(record.uid, [REASON_DRY_RUN]):
+                self._emit(result, REASON_DRY_RUN, record, trigger, None,
+                           "dry-run: nothing was written" + (" (--dry-run)" if self.settings.dry_run else ""))
             return result
         capped = self.caps.check(record.namespace)
         if capped:
             record.next_attempt = now + self.settings.retry_max
             self._pending[record.uid] = (record, trigger)
             line = self._line("rate-limited", record, trigger, None, capped)
-            log.warning(line.format())
-            if not self.recorder.already(record.uid, [REASON_CAPPED]):
-                self.recorder.action(line, REASON_CAPPED, warning=True, once=True)
+            if self.recorder.already(record.uid, [REASON_CAPPED]):
+                log.warning(line.format())  # every hold is logged; the Event is posted once per pod
+            else:
+                self.recorder.action(line, REASON_CAPPED, warning=True)
             return "rate-limited"
         if policy.action is Action.DELETE:
             return self._delete(record, trigger, "deleted", REASON_DELETED)

@@ -15,7 +15,7 @@ from typing import Any, TextIO
 import yaml
 
 from memwatch.podindex import template_policy
-from memwatch.policy import InvalidPolicy, is_watched
+from memwatch.policy import PREFIX, InvalidPolicy, is_watched
 
 TEMPLATE_KINDS = {"Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job", "ReplicationController"}
 
@@ -84,6 +84,14 @@ def lint_stream(name: str, stream: TextIO, out: TextIO) -> tuple[int, int]:
             if not is_watched(annotations):
                 continue
             found += 1
+            unquoted = [k for k, v in annotations.items() if k.startswith(PREFIX) and not isinstance(v, str)]
+            for key in sorted(unquoted):
+                print(f"{name}: {label}: error: {key}={annotations[key]!r}: annotation values must be strings; "
+                      f"quote it (the API server rejects unquoted {type(annotations[key]).__name__} values)",
+                      file=out)
+                errors += 1
+            if unquoted:
+                continue
             malformed = _malformed(spec)
             if malformed:
                 print(f"{name}: {label}: error: {malformed}", file=out)

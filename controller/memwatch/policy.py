@@ -13,6 +13,7 @@ annotations.
 from __future__ import annotations
 
 import enum
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -30,6 +31,8 @@ KNOWN_KEYS = frozenset({KEY_LIMIT, KEY_ACTION, KEY_GRACE_PERIOD, KEY_FOR, KEY_ES
 
 #: The longest `memwatch.io/for` accepted: a longer one is almost certainly a unit mistake.
 MAX_FOR_SECONDS = 24 * 3600.0
+#: The longest `memwatch.io/grace-period` accepted.
+MAX_GRACE_SECONDS = 3600
 #: Limits smaller than this are accepted but warned about: no real workload fits.
 SUSPICIOUSLY_SMALL = 4 << 20
 
@@ -139,8 +142,11 @@ def _parse_limit(key: str, value: str, hard: int | None, container: str | None,
     text = value.strip()
     whom = "the pod" if container is None else f"container {container!r}"
     if text.endswith("%"):
+        number = text[:-1]
         try:
-            percent = float(text[:-1])
+            if not re.fullmatch(r"[+-]?\d+(\.\d+)?", number):
+                raise ValueError(number)
+            percent = float(number)
         except ValueError:
             problems.append(Problem(key, value, "not a percentage (example: 90%)"))
             return None
@@ -232,6 +238,10 @@ def resolve(annotations: Mapping[str, str], containers: Sequence[ContainerSpec],
                 continue
             if seconds != int(seconds):
                 problems.append(Problem(key, value, "must be a whole number of seconds"))
+                continue
+            if seconds > MAX_GRACE_SECONDS:
+                problems.append(Problem(key, value, f"longer than {MAX_GRACE_SECONDS}s; a pod over its memory "
+                                        "limit cannot wait that long"))
                 continue
             grace = int(seconds)
         elif key == KEY_FOR:

@@ -9,6 +9,8 @@ from decimal import Decimal, InvalidOperation
 
 from kubernetes.utils import parse_quantity
 
+#: Kubernetes' quantity grammar (no spaces, no underscores), which Python's Decimal is laxer than.
+_QUANTITY = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+|Ki|Mi|Gi|Ti|Pi|Ei|m|k|M|G|T|P|E)?$")
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 
@@ -20,8 +22,8 @@ class QuantityError(ValueError):
 def parse_bytes(text: str, allow_zero: bool = False) -> int:
     """Parse a Kubernetes memory quantity (`512Mi`, `1.5Gi`, `600M`) to whole bytes.
 
-    Rejects zero, negatives, fractions of a byte and the milli suffix (`512m` is 0.512 bytes,
-    almost always a typo for `512Mi`).
+    Rejects zero, negatives, anything outside Kubernetes' quantity grammar, and the milli suffix
+    (`512m` is 0.512 bytes, almost always a typo for `512Mi`). A fraction of a byte rounds up.
     """
     value = text.strip()
     if not value:
@@ -29,6 +31,8 @@ def parse_bytes(text: str, allow_zero: bool = False) -> int:
     if value.endswith("m") and value[:-1].replace(".", "", 1).isdigit():
         number = value[:-1]
         raise QuantityError(f"{text!r} means {number} thousandths of a byte (suffix m); did you mean {number}Mi?")
+    if not _QUANTITY.match(value):
+        raise QuantityError(f"{text!r} is not a Kubernetes quantity (examples: 512Mi, 1.5Gi, 600M)")
     try:
         parsed = parse_quantity(value)
     except (ValueError, TypeError, InvalidOperation, ArithmeticError) as exc:

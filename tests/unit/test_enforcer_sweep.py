@@ -390,7 +390,7 @@ def _event(uid: str, reason: str, first: float, name: str = "web") -> dict[str, 
             "source": {"component": "memwatch"}, "firstTimestamp": iso(first), "lastTimestamp": iso(first)}
 
 
-@pytest.mark.parametrize("reason", [REASON_EVICTED, REASON_DELETED, REASON_ESCALATED, REASON_DRY_RUN])
+@pytest.mark.parametrize("reason", [REASON_EVICTED, REASON_DELETED, REASON_ESCALATED])
 def test_restarted_sweeper_does_not_act_twice(clock: FakeClock, reason: str) -> None:
     kube = FakeKube(clock)
     done, fresh = pod("done"), pod("fresh")
@@ -405,6 +405,23 @@ def test_restarted_sweeper_does_not_act_twice(clock: FakeClock, reason: str) -> 
     rig.sweep(times=3, step=5)
     assert [c[2] for c in kube.writes()] == ["fresh"]
     assert rig.record(done).acted == "already"
+
+
+def test_dry_run_is_reported_once_across_restarts_and_does_not_block_a_later_eviction(clock: FakeClock) -> None:
+    kube = FakeKube(clock)
+    web = pod("web", action="dry-run")
+    kube.event_pages = [{"items": [_event(web["metadata"]["uid"], REASON_DRY_RUN, T0 - 300)], "metadata": {}}]
+    rig = Rig(kube, clock)  # restarted: the DryRun Event is already on the cluster
+    rig.recorder.load_history()
+    rig.add(web)
+    rig.over(web)
+    rig.sweep(times=3, step=5)
+    assert kube.reasons() == [] and kube.writes() == []  # not reported again, nothing written
+    # The user switches the pod from dry-run to evict: memwatch now evicts it.
+    web["metadata"]["annotations"]["memwatch.io/action"] = "evict"
+    rig.add(web)
+    rig.sweep()
+    assert [c[2] for c in kube.writes()] == ["web"]
 
 
 def test_restart_keeps_the_escalation_deadline(clock: FakeClock) -> None:

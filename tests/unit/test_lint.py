@@ -198,3 +198,16 @@ def test_cli_stdin_and_exit_codes(tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, "-m", "memwatch", "lint", "-"], input=DEPLOYMENT.replace("{limit}", "1Gi"),
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_unquoted_annotation_values_are_errors(tmp_path: Path) -> None:
+    """The API server rejects non-string annotation values, so lint must not say ok."""
+    path = tmp_path / "pod.yaml"
+    path.write_text(_template("Pod", "{memwatch.io/limit: 512Mi, memwatch.io/grace-period: 30, "
+                                     "memwatch.io/escalate: true}", name="unquoted"))
+    out = io.StringIO()
+    assert lint.main([str(path)], out) == 1
+    text = out.getvalue()
+    assert "Pod/unquoted: error: memwatch.io/grace-period=30: annotation values must be strings" in text
+    assert "memwatch.io/escalate=True: annotation values must be strings" in text
+    assert "ok:" not in text
