@@ -53,8 +53,14 @@ def wait_for(what: str, check: Callable[[], T | None], timeout: float, poll: flo
     (the condition can no longer hold). Raises :class:`WaitTimeout` at the deadline.
     """
     deadline = time.monotonic() + timeout
+    transient = ""
     while True:
-        value = check()
+        try:
+            value = check()
+        except ApiError as exc:
+            if exc.status and exc.status < 500:
+                raise
+            value, transient = None, str(exc)  # a busy or restarting API server: try again
         if value:
             return value
         if fail is not None:
@@ -63,7 +69,8 @@ def wait_for(what: str, check: Callable[[], T | None], timeout: float, poll: flo
                 raise AssertionError(f"while waiting for {what}: {problem}")
         remaining = deadline - time.monotonic()
         if remaining <= 0:
-            raise WaitTimeout(f"timed out after {timeout:.0f}s waiting for {what}")
+            last = f" (last API error: {transient})" if transient else ""
+            raise WaitTimeout(f"timed out after {timeout:.0f}s waiting for {what}{last}")
         time.sleep(min(poll, remaining))
 
 
