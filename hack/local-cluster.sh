@@ -685,6 +685,14 @@ cmd_status() {
 # down: only what `up` made, safe when nothing is up
 # ---------------------------------------------------------------------------
 
+# The kubelet's pod cgroup trees (one per v1 controller, or the v2 one).
+kubepods_cgroups() {
+    local cg
+    for cg in /sys/fs/cgroup/*/kubepods /sys/fs/cgroup/kubepods /sys/fs/cgroup/kubepods.slice; do
+        if [ -d "$cg" ]; then echo "$cg"; fi
+    done
+}
+
 # Kills every pod process: through containerd while it runs, then whatever
 # is left in the kubepods cgroups our kubelet made (after a crash).
 stop_pods() {
@@ -697,8 +705,7 @@ stop_pods() {
             ctr_ tasks delete -f "$id" >/dev/null 2>&1 || true
         done
     fi
-    for cg in /sys/fs/cgroup/*/kubepods /sys/fs/cgroup/kubepods /sys/fs/cgroup/kubepods.slice; do
-        [ -d "$cg" ] || continue
+    for cg in $(kubepods_cgroups); do
         { find "$cg" -name cgroup.procs -exec cat {} + 2>/dev/null || true; } | sort -u |
             while read -r pid; do kill -KILL "$pid" 2>/dev/null || true; done
     done
@@ -732,8 +739,8 @@ unmount_under() {
 # Removes the (now empty) kubepods cgroups the kubelet created, leaves first.
 remove_cgroups() {
     local cg
-    for cg in /sys/fs/cgroup/*/kubepods /sys/fs/cgroup/kubepods /sys/fs/cgroup/kubepods.slice; do
-        if [ -d "$cg" ]; then find "$cg" -depth -type d -exec rmdir {} + 2>/dev/null || true; fi
+    for cg in $(kubepods_cgroups); do
+        find "$cg" -depth -type d -exec rmdir {} + 2>/dev/null || true
     done
 }
 
