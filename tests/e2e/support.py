@@ -172,8 +172,17 @@ class Cluster(Kube):
             "Deployment": f"/apis/apps/v1/namespaces/{ns}/deployments",
             "PodDisruptionBudget": f"/apis/{obj.get('apiVersion')}/namespaces/{ns}/poddisruptionbudgets",
         }[kind]
-        result: dict[str, Any] = self.request("POST", path, obj)
-        return result
+
+        def post() -> dict[str, Any]:
+            try:
+                created: dict[str, Any] = self.request("POST", path, obj)
+            except ApiError as exc:
+                if exc.status != 409:  # 5xx (e.g. Kubernetes 1.20's "No API token found for service
+                    raise              # account" in a new namespace) is retried by wait_for
+                created = self.get(f"{path}/{obj['metadata']['name']}")  # a retried POST that landed
+            return created
+
+        return wait_for(f"the API server to create {kind} {ns}/{obj['metadata']['name']}", post, 60)
 
     def pod(self, ns: str, name: str) -> dict[str, Any] | None:
         result: dict[str, Any] | None = self.get_or_none(f"/api/v1/namespaces/{ns}/pods/{name}")
@@ -448,7 +457,17 @@ class Memwatch:
 
     @classmethod
     def find(cls, cluster: Cluster) -> Memwatch | None:
-        deps = cluster.get("/apis/apps/v1/deployments", labelSelector=CONTROLLER_SELECTOR).get("items") or []
+        """The release in $MEMWATCH_E2E_NAMESPACE (default `memwatch`, where the installers put
+        it), else the only one on the cluster. Other suites may install releases of their own."""
+        home = os.environ.get("MEMWATCH_E2E_NAMESPACE", "memwatch")
+        deps = cluster.get(f"/apis/apps/v1/namespaces/{home}/deployments",
+                           labelSelector=CONTROLLER_SELECTOR).get("items") or []
+        if not deps:
+            deps = cluster.get("/apis/apps/v1/deployments", labelSelector=CONTROLLER_SELECTOR).get("items") or []
+            if len(deps) > 1:
+                found = ", ".join(f"{d['metadata']['namespace']}/{d['metadata']['name']}" for d in deps)
+                raise AssertionError(f"several memwatch releases ({found}) and none in namespace {home}: "
+                                     "set MEMWATCH_E2E_NAMESPACE")
         if not deps:
             return None
         dep = deps[0]
