@@ -192,6 +192,8 @@ class Agent:
         self._self_checked = -1e18
         self._events_ok = True
         self._events_dirty = True
+        self._history_loaded = self.kube is None
+        self._history_next = 0.0
         self._synced_generation = -1
         self._poll: Any = None  # select.poll
         self._poll_fds: dict[int, CgroupReader | None] = {}
@@ -209,9 +211,23 @@ class Agent:
     def _kill_rung(self, policy: Policy) -> bool:
         return self.settings.kill or policy.action is Action.RESTART
 
+    def _load_history(self) -> None:
+        """Remember memwatch's Events already on the cluster, so a restarted agent does not repeat
+        itself (runs on the worker thread: an unreachable API server never delays sampling)."""
+        try:
+            n = self.recorder.load_history(self.settings.namespaces)
+            self._history_loaded = True
+            log.info("loaded %d earlier memwatch Events (so a restart does not act twice)", n)
+        except Exception as exc:  # any API failure: try again later, keep sampling meanwhile
+            log.warning("cannot read earlier memwatch Events yet (%s); retrying in 30s", exc)
+            self._history_next = time.monotonic() + 30.0
+
     def tick(self) -> int:
         """Sample every watched pod on this node once, decide and act. Returns pods sampled."""
         t0 = time.perf_counter()
+        if not self._history_loaded and time.monotonic() >= self._history_next:
+            self._history_next = float("inf")  # one load in flight at a time
+            self.worker.submit(self._load_history)
         live: list[PodRecord] = []
         for rec in self.index.snapshot():
             if rec.policy is None:

@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import socket
 import sys
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 from memwatch import __version__
 from memwatch.settings import AGENT, COMMON, RUN, Option, Settings, add_options
@@ -56,8 +58,11 @@ def _serve(settings: Settings, engine: object) -> int:
 
     import memwatch.handlers  # noqa: F401  (registers the handlers)
 
+    # kopf derives an identity from the login name by default, which a non-root container uid
+    # without a passwd entry does not have: give it the pod's name instead.
+    identity: Any = settings.pod_name or socket.gethostname()  # kopf's Identity is a NewType of str
     kopf.run(clusterwide=True, standalone=True, liveness_endpoint=settings.liveness or None,
-             memo=kopf.Memo(engine=engine))
+             identity=identity, memo=kopf.Memo(engine=engine))
     return 0
 
 

@@ -112,7 +112,8 @@ class Kube:
             "insecure": not cfg.verify_ssl,
             "certificate_path": cfg.cert_file or None,
             "private_key_path": cfg.key_file or None,
-            "token": token.removeprefix("Bearer ").strip() or None,
+            # The in-cluster loader writes "bearer <token>", kubeconfig "Bearer <token>".
+            "token": (token.split(" ", 1)[1] if token.lower().startswith("bearer ") else token).strip() or None,
             "username": cfg.username or None,
             "password": cfg.password or None,
         }
