@@ -1,0 +1,340 @@
+"""Rows 3 and 4: controller memory, start-up and CPU at scale, against the same-run kopf baseline.
+
+Row 3. 1k, 5k and 10k pods in the cluster (bench-mixed, 10 % annotated). `memwatch run` starts as
+a child process, cluster-wide, ``--source metrics-api`` through the counting proxy (which serves
+PodMetrics for the annotated pods), ``--dry-run``. Measured: wall time from spawning the process to
+its first completed sweep (the sweep counter on its /metrics), RSS after 10 s of steady state, and
+peak RSS (the kernel's VmHWM). Baseline: ``bench/kopf_baseline.py`` (a minimal ``@kopf.on.event``
+pod handler filtered to the same annotated pods) over the same pods, spawn to "seen every pod".
+
+Row 4. Sweep CPU: :meth:`Sweeper.sweep_once` in-process over 10k watched pods, with the usage read
+included (the metrics-api source parsing a real 10k-item PodMetrics list body, no network),
+``time.process_time`` per sweep. Baseline: a per-pod poller's CPU for one sweep (memwatch's own
+client GETting each pod's PodMetrics from a local HTTP fake, ``time.thread_time``), measured on a
+slice and scaled to 10k. Steady-state CPU: `memwatch run` and the kopf baseline watching the same
+10k annotated pods while the benchmark patches 20 of them per second, CPU from psutil.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import (
+    LABEL,
+    REPO,
+    Context,
+    CountingProxy,
+    FakeMetrics,
+    Measured,
+    Row,
+    free_port,
+    median,
+    memwatch_run,
+    met,
+    mib,
+    pct,
+    ratio,
+    wait_sweeps,
+)
+
+NAME = "controller-scale"
+STEADY_SECONDS = 10.0
+
+
+def _kopf(kubeconfig: str, expect: int, label: str) -> Measured:
+    return Measured([sys.executable, str(REPO / "bench" / "kopf_baseline.py"), "--kubeconfig", kubeconfig,
+                     "--expect", str(expect), "--label", label, "--annotated"])
+
+
+def _steady_rss(proc: Measured, seconds: float) -> int:
+    """Median RSS over the last half of ``seconds`` of steady state."""
+    t0 = time.time()
+    time.sleep(seconds)
+    recent = [r for t, r in proc.rss if t >= t0 + seconds / 2]
+    return int(median(recent)) if recent else proc.rss_now()
+
+
+# -- row 3 -----------------------------------------------------------------------------------------
+def _memwatch_startup(ctx: Context, n: int) -> dict[str, float]:
+    watched = ctx.farm.watched("mixed", n)
+    proxy = CountingProxy(ctx.api, f"scale-mw-{n}-{os.getpid()}")
+    proxy.metrics.set_pods(watched)
+    port = free_port()
+    try:
+        with memwatch_run(proxy.kubeconfig(), "--source", "metrics-api", "--interval", "5s", "--dry-run",
+                          metrics_port=port) as proc:
+            _, m = proc.wait_for(r"ready: first sweep ([\d.]+)s after start, watched=(\d+)", 300)
+            wait_sweeps(port, 1, 120)
+            first = time.time() - proc.started
+            steady = _steady_rss(proc, 5.0 if ctx.quick else STEADY_SECONDS)
+            peak = proc.hwm()
+    finally:
+        proxy.close()
+    out = {"first": first, "internal": float(m.group(1)), "watched": float(m.group(2)),
+           "steady": steady, "peak": peak}
+    ctx.log(f"  memwatch n={n}: first sweep {first:.2f}s after spawn (controller's own: {out['internal']:.2f}s), "
+            f"watched={out['watched']:.0f} rss steady={mib(steady)} peak={mib(peak)}")
+    return out
+
+
+def _kopf_startup(ctx: Context, n: int) -> dict[str, float]:
+    expect = len(ctx.farm.watched("mixed", n))
+    proxy = CountingProxy(ctx.api, f"scale-kopf-{n}-{os.getpid()}")
+    try:
+        with _kopf(proxy.kubeconfig(), expect, f"{LABEL}set=mixed") as proc:
+            t, _ = proc.wait_for(r"seen-all", 600)
+            first = t - proc.started
+            steady = _steady_rss(proc, 5.0 if ctx.quick else STEADY_SECONDS)
+            peak = proc.hwm()
+    finally:
+        proxy.close()
+    ctx.log(f"  kopf     n={n}: seen all {expect} annotated pods {first:.2f}s after spawn, "
+            f"rss steady={mib(steady)} peak={mib(peak)}")
+    return {"first": first, "steady": steady, "peak": peak}
+
+
+def row3(ctx: Context) -> list[Row]:
+    sizes = (500, 1000) if ctx.quick else (1000, 5000, 10000)
+    label = "/".join(f"{s / 1000:g}k" for s in sizes)
+    figures = [f"3. controller RSS steady ({label} pods, 10 % annotated)", f"3. controller RSS peak ({label})",
+               f"3. start to first complete sweep ({label})", "3. start-up scaling, 2x pods"]
+    problem = ctx.problem()
+    if problem:
+        return [Row.not_run(f, problem) for f in figures]
+    mw: dict[int, dict[str, float]] = {}
+    kp: dict[int, dict[str, float]] = {}
+    cluster: dict[int, int] = {}
+    for n in sizes:
+        ctx.farm.ensure("mixed", n, ctx.log)
+        cluster[n] = ctx.api.count("/api/v1/pods")
+        mw[n] = _memwatch_startup(ctx, n)
+        kp[n] = _kopf_startup(ctx, n)
+    big, half = sizes[-1], sizes[-2]
+    at_target = big >= 10000
+    quick_note = "" if at_target else f" (quick run: largest size {big:,}; targets are at 10k)"
+
+    def series(d: dict[int, dict[str, float]], key: str, fmt: Any) -> str:
+        return " / ".join(fmt(d[n][key]) for n in sizes)
+
+    def secs(v: float) -> str:
+        return f"{v:.1f} s"
+
+    scale_mw = mw[big]["first"] / mw[half]["first"]
+    scale_own = mw[big]["internal"] / mw[half]["internal"]  # without the constant cost of imports
+    scale_kp = kp[big]["first"] / kp[half]["first"]
+    pods_note = "pods in cluster " + " / ".join(f"{cluster[n]:,}" for n in sizes)
+    return [
+        Row(figures[0], series(mw, "steady", mib), series(kp, "steady", mib) + " (kopf on.event)",
+            ratio(mw[big]["steady"], kp[big]["steady"]), "≤ 150 MiB at 10k" + quick_note,
+            met(mw[big]["steady"] <= 150 * 2**20 if at_target else None)),
+        Row(figures[1], series(mw, "peak", mib), series(kp, "peak", mib),
+            ratio(mw[big]["peak"], kp[big]["peak"]), "≤ 200 MiB at 10k" + quick_note,
+            met(mw[big]["peak"] <= 200 * 2**20 if at_target else None)),
+        Row(figures[2], series(mw, "first", secs) + " (from spawn; own clock "
+            + series(mw, "internal", secs) + ")",
+            series(kp, "first", secs) + " (to seeing every pod)", ratio(mw[big]["first"], kp[big]["first"]),
+            f"≤ 15 s at 10k; {pods_note}" + quick_note,
+            met(mw[big]["first"] <= 15 if at_target else None)),
+        Row(figures[3], f"{scale_own:.2f}x on its own clock ({scale_mw:.2f}x from spawn) for {big // half}x pods",
+            f"{scale_kp:.2f}x", ratio(scale_own, scale_kp),
+            f"≤ 2.2x per 2x pods ({half:,} → {big:,})", met(scale_own <= 2.2 * (big / half) / 2)),
+    ]
+
+
+# -- row 4: sweep CPU (in-process) -----------------------------------------------------------------
+def _raw_pod(i: int) -> dict[str, Any]:
+    name = f"p-{i:05d}"
+    return {
+        "metadata": {"name": name, "namespace": "bench", "uid": f"uid-{i:05d}",
+                     "annotations": {"memwatch.io/limit": "64Mi"},
+                     "labels": {"app": "bench", "pod-template-hash": "abc123"}},
+        "spec": {"nodeName": f"node-{i % 50}",
+                 "containers": [{"name": "app", "resources": {"limits": {"memory": "256Mi"}}}]},
+        "status": {"phase": "Running", "qosClass": "Burstable",
+                   "containerStatuses": [{"name": "app", "containerID": f"containerd://{i:064x}"}]},
+    }
+
+
+class _BodyKube:
+    """Stands in for :class:`memwatch.kube.Kube`: answers the metrics LIST from a bytes body."""
+
+    def __init__(self, metrics: FakeMetrics) -> None:
+        self.metrics = metrics
+
+    def get_json(self, path: str, query: Any = None, timeout: float | None = None) -> Any:
+        return json.loads(self.metrics.list_body())
+
+
+def sweep_cpu(n: int, sweeps: int) -> dict[str, float]:
+    """CPU per sweep_once over ``n`` watched pods: with the metrics-api parse, and decide-only."""
+    from memwatch.enforcer import Enforcer, EnforcerSettings
+    from memwatch.observability import Metrics, Recorder
+    from memwatch.podindex import PodIndex
+    from memwatch.policy import Defaults, Usage
+    from memwatch.sources import MetricsApiSource
+    from memwatch.sweep import Sweeper
+
+    index = PodIndex(Defaults(), lambda pod: None)
+    index.replace((_raw_pod(i) for i in range(n)), lambda rec: True)
+    metrics = FakeMetrics()
+    metrics.set_pods([("bench", f"p-{i:05d}") for i in range(n)])
+    recorder = Recorder(None, Metrics())
+    enforcer = Enforcer(None, recorder, EnforcerSettings(dry_run=True))
+    source = MetricsApiSource(_BodyKube(metrics))  # type: ignore[arg-type]
+
+    class Prebuilt:
+        name = "prebuilt"
+
+        def __init__(self) -> None:
+            now = time.time()
+            self.samples = {r.uid: Usage({"app": 16 << 20}, now, "prebuilt") for r in index.snapshot()}
+
+        def fetch(self, records: Any) -> dict[str, Usage]:
+            return self.samples
+
+    def measure(src: Any) -> list[float]:
+        sweeper = Sweeper(index, src, enforcer, recorder, interval=5.0, max_sample_age=3600.0)
+        sweeper.sweep_once()  # warm-up
+        out = []
+        for _ in range(sweeps):
+            t0 = time.process_time()
+            report = sweeper.sweep_once()
+            out.append(time.process_time() - t0)
+            assert report.sampled == n, report
+        return out
+
+    full = measure(source)
+    decide = measure(Prebuilt())
+    return {"p50": pct(full, 50), "p99": pct(full, 99), "decide_p50": pct(decide, 50),
+            "decide_p99": pct(decide, 99)}
+
+
+def poller_cpu(n: int) -> float:
+    """CPU (this thread only) of one per-pod poller sweep over ``n`` pods: GET each pod's
+    PodMetrics with memwatch's client from a local HTTP fake, parse it, decide."""
+    from memwatch.kube import Kube, load_client
+    from memwatch.podindex import _container_specs
+    from memwatch.policy import Defaults, Usage, decide, resolve
+    from memwatch.quantity import parse_bytes, parse_time
+
+    proxy = CountingProxy(None, f"poller-{os.getpid()}")
+    pol = resolve({"memwatch.io/limit": "64Mi"}, _container_specs(_raw_pod(0)["spec"]), Defaults())
+    result: dict[str, float] = {}
+
+    def work() -> None:
+        kube = Kube(load_client(proxy.kubeconfig()))
+        kube.get_json("/apis/metrics.k8s.io/v1beta1/namespaces/bench/pods/p-00000")  # connect
+        t0 = time.thread_time()
+        for i in range(n):
+            item = kube.get_json(f"/apis/metrics.k8s.io/v1beta1/namespaces/bench/pods/p-{i:05d}")
+            c = item["containers"][0]
+            ts = parse_time(item["timestamp"]) or 0.0
+            decide(pol, Usage({c["name"]: parse_bytes(c["usage"]["memory"], allow_zero=True)}, ts, "poll"), None)
+        result["cpu"] = time.thread_time() - t0
+
+    try:
+        t = threading.Thread(target=work)
+        t.start()
+        t.join()
+    finally:
+        proxy.close()
+    return result["cpu"]
+
+
+# -- row 4: steady-state CPU (child processes) -----------------------------------------------------
+def _patcher(ctx: Context, pods: list[tuple[str, str]], rate: float, seconds: float) -> int:
+    """PATCH a label on ``rate`` pods per second (round-robin), directly on the apiserver."""
+    t0 = time.monotonic()
+    k = 0
+    while True:
+        due = t0 + k / rate
+        if due - t0 >= seconds:
+            return k
+        time.sleep(max(0.0, due - time.monotonic()))
+        ns, name = pods[k % len(pods)]
+        ctx.api.request("PATCH", f"/api/v1/namespaces/{ns}/pods/{name}",
+                        {"metadata": {"labels": {LABEL + "tick": str(k)}}},
+                        content_type="application/merge-patch+json")
+        k += 1
+
+
+def steady_cpu(ctx: Context, n: int, seconds: float, rate: float = 20.0) -> dict[str, float]:
+    ctx.farm.ensure("annotated", n, ctx.log)
+    pods = ctx.farm.watched("annotated", n)
+    proxy = CountingProxy(ctx.api, f"cpu-{n}-{os.getpid()}")
+    proxy.metrics.set_pods(pods)
+    port = free_port()
+    try:
+        with memwatch_run(proxy.kubeconfig(), "--source", "metrics-api", "--label-selector",
+                          f"{LABEL}upto-{n}=yes", "--dry-run", metrics_port=port) as mw, \
+                _kopf(proxy.kubeconfig(), n, f"{LABEL}set=annotated") as kp:
+            mw.wait_for(r"ready: first sweep", 300)
+            wait_sweeps(port, 2, 120)
+            kp.wait_for(r"seen-all", 900)
+            time.sleep(3)
+            c_mw, c_kp, s0 = mw.cpu_seconds(), kp.cpu_seconds(), wait_sweeps(port, 0, 5)
+            t0 = time.monotonic()
+            sent = _patcher(ctx, pods, rate, seconds)
+            elapsed = time.monotonic() - t0
+            d_mw, d_kp = mw.cpu_seconds() - c_mw, kp.cpu_seconds() - c_kp
+            sweeps = wait_sweeps(port, 0, 5) - s0
+    finally:
+        proxy.close()
+    out = {"mw_mcpu": d_mw / elapsed * 1000, "kopf_mcpu": d_kp / elapsed * 1000, "events": sent / elapsed,
+           "sweeps": sweeps}
+    ctx.log(f"  steady n={n}: {sent} patches in {elapsed:.1f}s ({out['events']:.1f}/s), {sweeps:.0f} sweeps; "
+            f"memwatch {out['mw_mcpu']:.0f} mCPU, kopf {out['kopf_mcpu']:.0f} mCPU")
+    return out
+
+
+def row4(ctx: Context) -> list[Row]:
+    n = 10000
+    sweeps = 10 if ctx.quick else 30
+    rows: list[Row] = []
+    cpu = sweep_cpu(n, sweeps)
+    slice_n = 1000 if ctx.quick else 2000
+    poll = poller_cpu(slice_n) * n / slice_n
+    ctx.log(f"  sweep CPU n={n}: p50 {cpu['p50'] * 1000:.1f} ms p99 {cpu['p99'] * 1000:.1f} ms "
+            f"(decide only p50 {cpu['decide_p50'] * 1000:.1f} ms); per-pod poller {poll:.2f} s/sweep")
+    rows.append(Row(
+        f"4. sweep CPU at {n:,} watched pods, p50 / p99 of {sweeps}",
+        f"{cpu['p50'] * 1000:.1f} / {cpu['p99'] * 1000:.1f} ms (incl. parsing the PodMetrics list; "
+        f"deciding alone {cpu['decide_p50'] * 1000:.1f} ms)",
+        f"{poll * 1000:,.0f} ms (per-pod poller, measured on {slice_n:,}, scaled)",
+        ratio(cpu["p50"], poll), "≤ 50 ms per sweep", met(cpu["p99"] <= 0.050)))
+    steady_n = 1000 if ctx.quick else 10000
+    figure = f"4. steady controller CPU, {steady_n:,} watched pods, 20 pod events/s, per 1k pods"
+    problem = ctx.problem()
+    if problem:
+        rows.append(Row.not_run(figure, problem))
+        return rows
+    s = steady_cpu(ctx, steady_n, 15.0 if ctx.quick else 30.0)
+    per_k = steady_n / 1000
+    rows.append(Row(
+        figure, f"{s['mw_mcpu'] / per_k:.1f} mCPU ({s['mw_mcpu']:.0f} mCPU total, sweeps every 5 s incl.)",
+        f"{s['kopf_mcpu'] / per_k:.1f} mCPU (kopf on.event, {s['kopf_mcpu']:.0f} total)",
+        ratio(s["mw_mcpu"], s["kopf_mcpu"]), "≤ 10 mCPU per 1k pods", met(s["mw_mcpu"] / per_k <= 10)))
+    return rows
+
+
+ROW3 = ["3. controller memory and start-up"]
+ROW4 = ["4. sweep and controller CPU"]
+
+
+def run(ctx: Context) -> list[Row]:
+    rows: list[Row] = []
+    for part, fallback in ((row3, ROW3), (row4, ROW4)):
+        try:
+            rows += part(ctx)
+        except Exception as exc:  # one part failing must not hide the other's figures
+            ctx.log(f"  {part.__name__} failed: {type(exc).__name__}: {exc}")
+            rows += [Row.not_run(f, f"{type(exc).__name__}: {exc}") for f in fallback]
+    return rows
