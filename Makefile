@@ -57,13 +57,25 @@ cluster-down: ## Stop the local cluster and remove what it created.
 .PHONY: e2e-local
 e2e-local: install cluster-up ## Local cluster, install memwatch, integration + e2e suites, then down (KEEP=1 keeps it).
 	set -o pipefail; rc=0; \
-	KUBECONFIG=$(LOCAL_KUBECONFIG) $(VENV)/bin/pytest tests -m "cluster or e2e" $(PYTEST_ARGS) || rc=$$?; \
+	KUBECONFIG=$(LOCAL_KUBECONFIG) MEMWATCH_E2E_INSTALL=1 $(VENV)/bin/pytest tests -m "cluster or e2e" $(PYTEST_ARGS) || rc=$$?; \
 	if [ "$(KEEP)" != "1" ]; then bash $(CLUSTER) down; fi; \
 	exit $$rc
 
 .PHONY: e2e
 e2e: install ## kind: create cluster, build + load image, metrics-server, install chart, run e2e, tear down (KEEP=1 keeps it).
-	bash tests/e2e/kind/run.sh
+	KEEP=$(KEEP) IMG=$(IMG) PYTEST_ARGS="$(PYTEST_ARGS)" bash tests/e2e/kind/run.sh
+
+.PHONY: docker-build
+docker-build: ## Build the container image (IMG=memwatch:dev).
+	docker build -t $(IMG) .
+
+.PHONY: manifests
+manifests: install ## Regenerate manifests/memwatch.yaml from the chart (default values).
+	$(PY) charts/memwatch/hack/render-manifests.py
+
+.PHONY: helm-lint
+helm-lint: install ## Lint the chart with the real Helm engine.
+	$(PY) charts/memwatch/hack/lint.py
 
 .PHONY: demo
 demo: install ## Bring up a cluster (kind if Docker runs, else local), install memwatch, watch it evict a memory hog.
