@@ -297,7 +297,10 @@ class Usage:
 
     @property
     def total(self) -> int:
-        return self.pod_bytes if self.pod_bytes is not None else sum(self.containers.values())
+        # The pod cgroup holds its containers' cgroups, so a pod figure below their sum is older than
+        # theirs: the kubelet refreshes pod stats less often, and reports 0 for a new pod's first ~15 s.
+        containers = sum(self.containers.values())
+        return containers if self.pod_bytes is None else max(self.pod_bytes, containers)
 
 
 @dataclass(frozen=True, slots=True)
