@@ -139,7 +139,7 @@ class Admin:
         self.request("DELETE", f"/api/v1/namespaces/{namespace}/pods/{quote(name)}",
                      {"apiVersion": "v1", "kind": "DeleteOptions", "gracePeriodSeconds": grace})
 
-    def wait_running(self, namespace: str, names: Iterable[str], timeout: float = 90) -> dict[str, dict[str, Any]]:
+    def wait_running(self, namespace: str, names: Iterable[str], timeout: float = 120) -> dict[str, dict[str, Any]]:
         """Wait until every pod runs with all containers ready; returns them by name."""
         names = list(names)
 
