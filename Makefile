@@ -65,16 +65,25 @@ e2e-local: install cluster-up ## Local cluster, install memwatch, integration + 
 e2e: install ## kind: create cluster, build + load image, metrics-server, install chart, run e2e, tear down (KEEP=1 keeps it).
 	KEEP=$(KEEP) IMG=$(IMG) PYTEST_ARGS="$(PYTEST_ARGS)" bash tests/e2e/kind/run.sh
 
+comma := ,
+CONTAINER_TOOL ?= $(shell command -v docker >/dev/null 2>&1 && docker info >/dev/null 2>&1 && echo docker || echo podman)
+BASE_IMAGE ?=
+
 .PHONY: docker-build
-docker-build: ## Build the container image (IMG=memwatch:dev).
-	docker build -t $(IMG) .
+docker-build: ## Build the image: make docker-build IMG=memwatch:dev [BASE_IMAGE=...] (docker, else podman).
+	$(CONTAINER_TOOL) build --network host -t $(IMG) \
+		$(if $(BASE_IMAGE),--build-arg BASE_IMAGE=$(BASE_IMAGE)) \
+		$(foreach v,PIP_INDEX_URL PIP_EXTRA_INDEX_URL PIP_TRUSTED_HOST,$(if $($(v)),--build-arg $(v)=$($(v)))) \
+		$(if $(PIP_CERT),--secret id=pip_cert$(comma)src=$(PIP_CERT)) \
+		.
 
 .PHONY: manifests
-manifests: install ## Regenerate manifests/memwatch.yaml from the chart (default values).
+manifests: install ## Regenerate manifests/memwatch.yaml and the chart README's values table from the chart.
 	$(PY) charts/memwatch/hack/render-manifests.py
+	$(PY) charts/memwatch/hack/gen-readme.py
 
 .PHONY: helm-lint
-helm-lint: install ## Lint the chart with the real Helm engine.
+helm-lint: install ## helm lint --strict (the real Helm engine) with the defaults and every ci/*-values.yaml.
 	$(PY) charts/memwatch/hack/lint.py
 
 .PHONY: demo
