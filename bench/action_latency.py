@@ -15,7 +15,8 @@ PDB escalation: a hog whose PodDisruptionBudget blocks eviction (429), ``memwatc
 ``--escalation-timeout 5s``. Lateness = the delete's ``acted_at`` minus (first refusal + 5 s); the
 first refusal is the arrival of memwatch's ``action=blocked`` line (a few ms after it, so the
 lateness is, if anything, over-stated by that). Baseline (simulated on the same pods): a poller
-that retries on a 10 s cadence from pod creation, the kubelet's eviction period.
+that retries on a 10 s cadence from when the pod went over its limit (the kubelet's eviction
+period).
 """
 
 from __future__ import annotations
@@ -161,6 +162,39 @@ def _baseline(api: Api, events: PodEvents, runs: int) -> tuple[list[float], list
     return accepted, gone
 
 
+def _guarded_hogs(api: Api, events: PodEvents, n: int) -> dict[str, float]:
+    """Hogs that a PodDisruptionBudget really guards before memwatch may act on them.
+
+    Each starts under a generous limit; once it runs and its budget's status says it allows no
+    disruption, the benchmark lowers the limit (a patch memwatch sees through its watch). Returns
+    when each became over its limit: the baseline poller's phase.
+    """
+    names = [f"pdb-{i}" for i in range(n)]
+    for name in names:
+        api.request("POST", f"/apis/policy/v1beta1/namespaces/{NS}/poddisruptionbudgets", {
+            "apiVersion": "policy/v1beta1", "kind": "PodDisruptionBudget",
+            "metadata": {"name": name, "labels": PART_OF},
+            "spec": {"minAvailable": 1, "selector": {"matchLabels": {LABEL + "pdb": name}}}})
+        _create(api, NS, hog(name, {"memwatch.io/limit": "512Mi", "memwatch.io/escalate": "true",
+                                    "memwatch.io/grace-period": "1"}, {LABEL + "pdb": name}))
+    armed: dict[str, float] = {}
+    for name in names:
+        events.wait("running", name, 120)
+        deadline = time.time() + 120
+        while True:
+            st = api.get(f"/apis/policy/v1beta1/namespaces/{NS}/poddisruptionbudgets/{name}").get("status") or {}
+            if st.get("currentHealthy", 0) >= 1 and st.get("disruptionsAllowed", 1) == 0:
+                break
+            if time.time() > deadline:
+                raise TimeoutError(f"PodDisruptionBudget {NS}/{name} never guarded its pod: {st}")
+            time.sleep(0.5)
+        api.request("PATCH", f"/api/v1/namespaces/{NS}/pods/{name}",
+                    {"metadata": {"annotations": {"memwatch.io/limit": "32Mi"}}},
+                    content_type="application/merge-patch+json")
+        armed[name] = time.time()
+    return armed
+
+
 def run(ctx: Context) -> list[Row]:
     runs = 3 if ctx.quick else 10
     pdb_runs = 1 if ctx.quick else 3
@@ -202,15 +236,7 @@ def run(ctx: Context) -> list[Row]:
             except (RuntimeError, TimeoutError) as exc:
                 why = f"hog image {HOG_IMAGE} unusable ({exc}); run `bash hack/local-cluster.sh images`"
                 return [Row.not_run(f, why) for f in figures]
-            created: dict[str, float] = {}
-            for i in range(pdb_runs):
-                name = f"pdb-{i}"
-                api.request("POST", f"/apis/policy/v1beta1/namespaces/{NS}/poddisruptionbudgets", {
-                    "apiVersion": "policy/v1beta1", "kind": "PodDisruptionBudget",
-                    "metadata": {"name": name, "labels": PART_OF},
-                    "spec": {"minAvailable": 1, "selector": {"matchLabels": {LABEL + "pdb": name}}}})
-                created[name] = _create(api, NS, hog(name, {"memwatch.io/limit": "32Mi", "memwatch.io/escalate": "true",
-                                                            "memwatch.io/grace-period": "1"}, {LABEL + "pdb": name}))
+            created = _guarded_hogs(api, events, pdb_runs)
             batch = 4
             names = [f"hog-{i}" for i in range(runs)]
             for k in range(0, runs, batch):
@@ -252,7 +278,11 @@ def run(ctx: Context) -> list[Row]:
             ratio(pct(accepted, 99), pct(b_acc, 99)), "≤ 1 s p99", met(pct(accepted, 99) <= 1.0)),
         Row(figures[1], f"{pct(gone, 50):.2f} / {pct(gone, 99):.2f} s",
             f"{pct(b_gone, 50):.2f} / {pct(b_gone, 99):.2f} s (bare Eviction POST)",
-            ratio(pct(gone, 99), pct(b_gone, 99)), "— (kubelet and grace period bound it)", met(None)),
+            ratio(pct(gone, 99), pct(b_gone, 99)), "— (kubelet and grace period bound it)", met(None),
+            note="After the eviction is accepted memwatch has nothing left to do: the rest is the kubelet "
+                 "(1.20) stopping the container and confirming the deletion, ~10 s per pod here. memwatch's "
+                 "hogs are evicted in batches of 4 and the baseline's one at a time, so memwatch's tail "
+                 "includes the kubelet terminating several pods at once."),
         Row(figures[2], f"{ms(worst)} late (all: {', '.join(ms(x) for x in late)})",
             f"{ms(max(poll_late))} late (10 s poll, simulated)", ratio(max(worst, 0.001), max(poll_late)),
             "≤ 1 s after the deadline", met(worst <= 1.0)),

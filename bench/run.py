@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
                 ctx.farm.cleanup()
             except Exception as exc:
                 ctx.log(f"cleanup failed ({exc}); remove bench-* namespaces and bench-node-* nodes by hand")
-    rows.sort(key=lambda r: next((i for i, p in enumerate(ORDER) if r.figure.startswith(p)), len(ORDER)))
+    rows = sort_rows(rows)
     text = table(rows)
     print(text)
     missed = [r for r in rows if r.met == "**NO**"]
@@ -131,18 +131,41 @@ def main(argv: list[str] | None = None) -> int:
     if missed:
         print(f"Targets missed: {len(missed)} row(s): " + "; ".join(r.figure for r in missed))
     if not args.no_write:
-        path = write_results(text, args, time.monotonic() - started)
+        path = write_results(rows, args, time.monotonic() - started)
         print(f"written to {path.relative_to(REPO)}")
     return 0
 
 
-def write_results(text: str, args: argparse.Namespace, seconds: float) -> Path:
+def _merge(rows: list[Row], path: Path) -> list[Row]:
+    """With --only: keep the other figures of today's results file, replace the re-run ones."""
+    if not path.exists():
+        return rows
+    numbers = {r.figure.split(" ", 1)[0] for r in rows}
+    kept = []
+    for line in path.read_text().splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split(" | ")]
+        if len(cells) == 6 and cells[0][:1].isdigit() and cells[0].split(" ", 1)[0] not in numbers:
+            kept.append(Row(*cells))
+    return sort_rows(kept + rows)
+
+
+def sort_rows(rows: list[Row]) -> list[Row]:
+    return sorted(rows, key=lambda r: next((i for i, p in enumerate(ORDER) if r.figure.startswith(p)), len(ORDER)))
+
+
+def write_results(rows: list[Row], args: argparse.Namespace, seconds: float) -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
     now = datetime.now(UTC)
     path = RESULTS / f"{now:%Y-%m-%d}.md"
+    if args.only:
+        rows = _merge(rows, path)
+    text = table(rows)
+    notes = "".join(f"- **{r.figure}**: {r.note}\n" for r in rows if r.note)
+    if notes:
+        text += f"\n## Notes\n\n{notes}"
     details = "\n".join(f"- {k}: {v}" for k, v in machine().items())
     mode = "quick (`python bench/run.py --quick`)" if args.quick else "full (`make bench`)"
-    only = f"; only {', '.join(args.only)}" if args.only else ""
+    only = f"; {', '.join(args.only)} re-run with --only, the other rows kept from earlier today" if args.only else ""
     path.write_text(
         f"# memwatch benchmarks, {now:%Y-%m-%d %H:%M} UTC\n\n"
         f"Run: {mode}{only}, {seconds / 60:.1f} minutes. Ratio is memwatch / baseline (below 1x: memwatch "
