@@ -17,6 +17,7 @@ import json
 import os
 import platform
 import re
+import shutil
 import socket
 import statistics
 import subprocess
@@ -554,6 +555,7 @@ class CountingProxy:
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+        shutil.rmtree(self._dir, ignore_errors=True)
 
 
 class AuditTail:
