@@ -1,4 +1,5 @@
-"""`make bench`: run every benchmark, print one table, write it to bench/results/<date>.md.
+"""`make bench`: run every benchmark, print one table, write it to bench/results/<date>.md
+(``--quick``: <date>-quick.md, so a quick run never replaces the committed full results).
 
     python bench/run.py                 # the full suite (~20 minutes on 2 cores)
     python bench/run.py --quick         # smaller sizes, fewer runs (a few minutes)
@@ -156,7 +157,8 @@ def sort_rows(rows: list[Row]) -> list[Row]:
 def write_results(rows: list[Row], args: argparse.Namespace, seconds: float) -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
     now = datetime.now(UTC)
-    path = RESULTS / f"{now:%Y-%m-%d}.md"
+    # A quick run never replaces the full run's file, which is the one committed.
+    path = RESULTS / f"{now:%Y-%m-%d}{'-quick' if args.quick else ''}.md"
     if args.only:
         rows = _merge(rows, path)
     text = table(rows)
