@@ -58,6 +58,7 @@ class Controller:
                                interval=settings.interval, max_sample_age=settings.max_sample_age,
                                is_leader=self._may_act)
         self._history_loaded = False
+        self._history_error = ""
         self.started = time.monotonic()
         self.first_sweep: float | None = None
 
@@ -73,7 +74,9 @@ class Controller:
                 log.info("loaded %d earlier memwatch Events (so a restart does not act twice)", n)
                 self._history_loaded = True
             except ApiError as exc:
-                log.warning("cannot read earlier memwatch Events yet (%s); not acting until I can", exc)
+                if str(exc) != self._history_error:  # the loop re-checks every 0.5 s: say it once per error
+                    log.warning("cannot read earlier memwatch Events yet (%s); not acting until I can", exc)
+                self._history_error = str(exc)
                 return False
         if self.first_sweep is None:
             self.first_sweep = time.monotonic() - self.started
