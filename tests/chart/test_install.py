@@ -90,15 +90,21 @@ def _skip_unless_cluster() -> Any:
             "Run `hack/local-cluster.sh up && hack/local-cluster.sh images` (or `make cluster-up`)."
         )
     api = kubernetes.config.new_client_from_config(config_file=str(KUBECONFIG))
-    try:
-        nodes = kubernetes.client.CoreV1Api(api).list_node(_request_timeout=10).items
-    except Exception as error:
-        pytest.skip(f"SKIPPED LOUDLY: the local cluster does not answer ({KUBECONFIG}): {error}")
-    images = {name for node in nodes for image in node.status.images or [] for name in image.names or []}
-    missing = [image for image in (IMAGE, HOG_IMAGE) if image not in images]
-    if missing:
-        pytest.skip(f"SKIPPED LOUDLY: the cluster's node lacks {missing}: run `hack/local-cluster.sh images`")
-    return api
+    # The kubelet lists a freshly imported image in its node status only at its next status
+    # update (up to a minute): wait for it rather than skip a cluster that is about to be ready.
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            nodes = kubernetes.client.CoreV1Api(api).list_node(_request_timeout=10).items
+        except Exception as error:
+            pytest.skip(f"SKIPPED LOUDLY: the local cluster does not answer ({KUBECONFIG}): {error}")
+        images = {name for node in nodes for image in node.status.images or [] for name in image.names or []}
+        missing = [image for image in (IMAGE, HOG_IMAGE) if image not in images]
+        if not missing:
+            return api
+        if time.monotonic() > deadline:
+            pytest.skip(f"SKIPPED LOUDLY: the cluster's node lacks {missing}: run `hack/local-cluster.sh images`")
+        time.sleep(2)
 
 
 def _delete_namespace(core: Any, name: str) -> None:
