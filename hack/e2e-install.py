@@ -77,14 +77,7 @@ class Kubectl:
         self.kube = Kube(load_client(kubeconfig))
 
     def get(self, path: str, **query: Any) -> Any:
-        from memwatch.kube import ApiError
-
-        try:
-            return self.kube.get_json(path, query)
-        except ApiError as exc:
-            if exc.status == 404:
-                return None
-            raise
+        return self.kube.get_json_or_none(path, query)
 
     def ensure_namespace(self, name: str) -> None:
         if self.get(f"/api/v1/namespaces/{name}") is None:

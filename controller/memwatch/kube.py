@@ -157,6 +157,15 @@ class Kube:
         resp = self._request("GET", path, query, timeout=timeout)
         return json.loads(resp.data)
 
+    def get_json_or_none(self, path: str, query: Mapping[str, Any] | None = None) -> Any:
+        """GET and decode JSON; None when the object does not exist (404)."""
+        try:
+            return self.get_json(path, query)
+        except ApiError as exc:
+            if exc.status == 404:
+                return None
+            raise
+
     def request_count(self, verb: str | None = None, resource: str | None = None) -> int:
         """How many requests were made, optionally of one verb and/or resource."""
         with self._lock:
@@ -270,14 +279,9 @@ class Kube:
         return self._write("POST", f"/api/v1/namespaces/{quote(namespace)}/events", body)
 
     def get_lease(self, namespace: str, name: str) -> dict[str, Any] | None:
-        try:
-            lease: dict[str, Any] = self.get_json(
-                f"/apis/coordination.k8s.io/v1/namespaces/{quote(namespace)}/leases/{quote(name)}")
-            return lease
-        except ApiError as exc:
-            if exc.status == 404:
-                return None
-            raise
+        lease: dict[str, Any] | None = self.get_json_or_none(
+            f"/apis/coordination.k8s.io/v1/namespaces/{quote(namespace)}/leases/{quote(name)}")
+        return lease
 
     def create_lease(self, namespace: str, body: Mapping[str, Any]) -> WriteResult:
         return self._write("POST", f"/apis/coordination.k8s.io/v1/namespaces/{quote(namespace)}/leases", body)

@@ -125,12 +125,7 @@ class Cluster(Kube):
         return self.request("GET", path, query=query)
 
     def get_or_none(self, path: str) -> Any:
-        try:
-            return self.get(path)
-        except ApiError as exc:
-            if exc.status == 404:
-                return None
-            raise
+        return self.get_json_or_none(path)
 
     def reachable(self, timeout: float = 5.0) -> str | None:
         """The server's version when the API answers, else None."""

@@ -97,12 +97,7 @@ class Admin:
 
     def get(self, path: str, query: Mapping[str, Any] | None = None) -> Any:
         """GET, or None on 404."""
-        try:
-            return self.kube.get_json(path, query)
-        except ApiError as exc:
-            if exc.status == 404:
-                return None
-            raise
+        return self.kube.get_json_or_none(path, query)
 
     # -- namespaces ------------------------------------------------------------------------------
     def create_namespace(self, name: str) -> None:
