@@ -51,7 +51,7 @@ from memwatch.observability import (
     ActionLine,
     Metrics,
     Recorder,
-    _event_message,  # the Event text for a line logged here already (Recorder.action would log it late)
+    event_message,  # the Event text for a line logged here already (Recorder.action would log it late)
 )
 from memwatch.podindex import PodIndex, PodRecord
 from memwatch.policy import Action, Breach, Limit, Policy, Usage, Verdict, decide, seconds_to_cross
@@ -501,7 +501,7 @@ class Agent:
         if once and self.recorder.already(line.record.uid, [reason]):
             return
         self.metrics.actions.labels(line.result, line.source or "-").inc()
-        self.recorder.event(line.record, reason, _event_message(line), warning)
+        self.recorder.event(line.record, reason, event_message(line), warning)
         self.recorder.remember(line.record.uid, reason)
 
     # -- kernel notifications ------------------------------------------------------------------------

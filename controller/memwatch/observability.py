@@ -176,7 +176,7 @@ class Recorder:
             return
         (log.warning if warning else log.info)(line.format())
         self.metrics.actions.labels(line.result, line.source or "-").inc()
-        message = _event_message(line)
+        message = event_message(line)
         self.event(line.record, reason, message, warning)
         self.remember(line.record.uid, reason)
 
@@ -210,7 +210,8 @@ class Recorder:
         self.remember(record.uid, REASON_WARNING)
 
 
-def _event_message(line: ActionLine) -> str:
+def event_message(line: ActionLine) -> str:
+    """The Event text for an action line (public: the agent logs first and posts the Event later)."""
     parts = {
         "evicted": "Evicted",
         "deleted": "Deleted",
