@@ -6,9 +6,18 @@
 # once per machine into a cache outside the repository; etcd, containerd, runc
 # and the CNI plugins come from Debian packages. Everything runs on loopback,
 # one bridge this script creates and its pods' network namespaces.
-set -euo pipefail
+set -Eeuo pipefail
 # Without this, a failure inside $(...) would not stop the script.
 shopt -s inherit_errexit
+# A failing step never exits silently: name the command, its status and where.
+# (-E carries the trap into functions, command substitutions and subshells.)
+on_err() {
+    local rc=$? i
+    printf '[local-cluster] ERROR: `%s` exited %s at %s:%s' "$BASH_COMMAND" "$rc" "${BASH_SOURCE[1]:-$0}" "${BASH_LINENO[0]}" >&2
+    for ((i = 1; i < ${#FUNCNAME[@]}; i++)); do printf ' in %s()' "${FUNCNAME[$i]}" >&2; done
+    printf '\n' >&2
+}
+trap on_err ERR
 
 HACK_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO_DIR=$(cd "$HACK_DIR/.." && pwd)
@@ -209,7 +218,9 @@ k8s_binaries_cached() {
 # echoes the source tree.
 k8s_source_tree() {
     local src=$K8S_CACHE/src tree
-    tree=$(find "$src" -mindepth 1 -maxdepth 1 -type d -name 'kubernetes-*' 2>/dev/null | head -n1)
+    tree=""
+    # The first run has no $src yet: find would fail and, under pipefail, end the script.
+    [ -d "$src" ] && tree=$(find "$src" -mindepth 1 -maxdepth 1 -type d -name 'kubernetes-*' | head -n1)
     if [ -n "$tree" ] && [ -f "$tree/.memwatch-unpacked" ]; then echo "$tree"; return; fi
     add_bookworm_sources
     apt_install rsync make dpkg-dev
