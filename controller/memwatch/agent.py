@@ -39,10 +39,12 @@ import psutil
 from prometheus_client import Gauge, Histogram
 
 from memwatch.cgroups import CgroupReader, CgroupSource, Hierarchy, ProcessSource, Unreadable, Vanished, top_processes
-from memwatch.controller import enforcer_settings
-from memwatch.enforcer import Enforcer, Trigger
+from memwatch.clock import SYSTEM, Clock
+from memwatch.enforcer import Enforcer, EnforcerSettings
 from memwatch.kube import Kube, load_client
+from memwatch.lifecycle import Lifecycle, Outcome, Phase, Retry, Step, Trigger
 from memwatch.observability import (
+    ACTED_REASONS,
     LATENCY_BUCKETS,
     REASON_DRY_RUN,
     REASON_FAILED,
@@ -54,7 +56,7 @@ from memwatch.observability import (
     event_message,  # the Event text for a line logged here already (Recorder.action would log it late)
 )
 from memwatch.podindex import PodIndex, PodRecord
-from memwatch.policy import Action, Breach, Limit, Policy, Usage, Verdict, decide, seconds_to_cross
+from memwatch.policy import Action, Breach, Limit, Policy, Usage, seconds_to_cross
 from memwatch.quantity import format_bytes
 from memwatch.settings import Settings
 from memwatch.watcher import ACTIVE_PODS, PodWatcher
@@ -72,13 +74,21 @@ SELF_CHECK_SECONDS = 1.0
 
 @dataclass(slots=True)
 class PodState:
-    """The agent's per-pod memory: a bounded ring of samples and what it already did."""
+    """What only the agent keeps per pod (the lifecycle itself is :mod:`memwatch.lifecycle`'s):
+    a bounded ring of samples for growth prediction and what the kill rung did."""
 
     history: deque[tuple[float, dict[str, int], int]]  # (sample time, container bytes, pod total)
     policy: Policy | None = None  # the policy the kernel thresholds were registered for
-    evicting_since: float | None = None  # epoch: first eviction (or other enforcer action) submitted
-    killed: dict[str, tuple[float, str]] = field(default_factory=dict)  # container -> (when, its CRI id)
+    evicting_since: float | None = None  # mono: first API action submitted, for --kill-after
+    killed: dict[str, tuple[float, str]] = field(default_factory=dict)  # container -> (mono, its CRI id)
     refused: bool = False
+
+
+def agent_enforcer_settings(settings: Settings) -> EnforcerSettings:
+    """The agent's caps are its node's own (``--node-max-evictions-per-minute``), not the controller's
+    cluster-wide ones: every agent counts only its own writes."""
+    return EnforcerSettings(dry_run=settings.dry_run, escalation_timeout=settings.escalation_timeout,
+                            max_per_minute=settings.node_max_per_minute, max_per_namespace_per_minute=0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,13 +107,13 @@ class ActionTiming:
 class ActionWorker:
     """One thread that makes every API call (enforcer actions, Events): the loop never waits on them.
 
-    Jobs are keyed by pod so one pod never has two in flight. After each job, and at least four
-    times a second, it retries the enforcer's due actions (a blocked eviction, a failed one).
+    Jobs are keyed by pod so one pod never has two in flight. Results go back to the sampling loop,
+    which owns the pods' lifecycle (:attr:`results`).
     """
 
-    def __init__(self, enforcer: Enforcer) -> None:
-        self.enforcer = enforcer
+    def __init__(self) -> None:
         self.busy: set[str] = set()
+        self.results: queue.SimpleQueue[tuple[str, Outcome]] = queue.SimpleQueue()
         self._q: queue.SimpleQueue[tuple[str | None, Callable[[], None]]] = queue.SimpleQueue()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -131,10 +141,6 @@ class ActionWorker:
             finally:
                 if key is not None:
                     self.busy.discard(key)
-        try:
-            self.enforcer.retry_due()
-        except Exception:
-            log.exception("agent retry failed")
 
     def run(self) -> None:
         while not self._stop.is_set():
@@ -159,8 +165,7 @@ class Agent:
     """`memwatch agent`: sample this node's watched pods' cgroups, predict, and act before the kernel."""
 
     def __init__(self, settings: Settings, kube: Kube | None = None, source: CgroupSource | None = None,
-                 metrics: Metrics | None = None, clock: Callable[[], float] = time.time,
-                 watch: bool = True) -> None:
+                 metrics: Metrics | None = None, clock: Clock = SYSTEM, watch: bool = True) -> None:
         if not settings.node_name:
             raise ValueError("memwatch agent needs --node-name (or $NODE_NAME from the downward API)")
         self.settings = settings
@@ -176,10 +181,15 @@ class Agent:
         if watch and self.kube is not None:
             self.watchers = [PodWatcher(self.kube, self.index, ns, settings.label_selector, node_field)
                              for ns in scopes]
-        self.source = source or CgroupSource(Hierarchy.detect(settings.cgroup_root), clock=clock)
-        self.fallback = ProcessSource(clock=clock)
-        self.enforcer = Enforcer(self.kube, self.recorder, enforcer_settings(settings), clock=clock)
-        self.worker = ActionWorker(self.enforcer)
+        self.source = source or CgroupSource(Hierarchy.detect(settings.cgroup_root), clock=clock.wall)
+        self.fallback = ProcessSource(clock=clock.wall)
+        self.enforcer = Enforcer(self.kube, self.recorder, agent_enforcer_settings(settings), clock=clock)
+        self.enforcer.caps.scope = f"node {self.node}'s"
+        self.worker = ActionWorker()
+        es = self.enforcer.settings
+        # A breach must be seen by consecutive samples: a gap of 20 sample periods (at least 1 s) ends it.
+        self.lifecycle = Lifecycle(clock, max_gap=max(1.0, 20 * settings.sample_period),
+                                   retry=Retry(es.retry_min, es.retry_max, es.escalation_timeout))
         self.states: dict[str, PodState] = {}
         self.history_len = HISTORY
         self.action_seconds = dict(INITIAL_ACTION_SECONDS)
@@ -228,27 +238,34 @@ class Agent:
         if not self._history_loaded and time.monotonic() >= self._history_next:
             self._history_next = float("inf")  # one load in flight at a time
             self.worker.submit(self._load_history)
+        self._apply_results()
         live: list[PodRecord] = []
-        for rec in self.index.snapshot():
+        lives = self.lifecycle
+        records = self.index.snapshot()
+        # Only pods that left the index lose their state: an evicted pod keeps DONE until it is gone.
+        lives.retain({r.uid for r in records} | self.worker.busy)
+        for rec in records:
             if rec.policy is None:
-                if not rec.announced:
-                    rec.announced = True
-                    self.worker.submit(partial(self.recorder.invalid, rec))
+                self._announce(rec, "invalid")
                 continue
-            if rec.warnings and not rec.announced:
-                rec.announced = True
-                self.worker.submit(partial(self.recorder.warnings, rec))
+            if rec.warnings:
+                self._announce(rec, "warnings")
             if rec.phase in ("Succeeded", "Failed") or (rec.node and rec.node != self.node):
                 continue
-            finished = rec.terminating or rec.acted is not None
+            if self.recorder.already(rec.uid, ACTED_REASONS):
+                lives.mark_done(rec.uid, "already")  # acted on before a restart, or by the controller
+            life = lives.peek(rec.uid)
+            finished = rec.terminating or (life is not None and life.phase is Phase.DONE)
             if finished and not self.settings.kill:
                 continue  # evicted or going: only the last-resort kill rung still cares
             live.append(rec)
+        uids = {r.uid for r in live}
         missing: list[PodRecord] = []
         sampled = 0
         for rec in live:
             usage = self.source.sample(rec)
             if usage is None:
+                lives.interrupt(rec.uid)
                 if rec.container_ids and rec.uid in self.source.problems:
                     missing.append(rec)
                 continue
@@ -257,10 +274,10 @@ class Agent:
         if missing:  # cgroups unreadable: psutil's RSS, at its own slower cadence
             for rec in missing:
                 usage = self.fallback.fetch([rec]).get(rec.uid)
-                if usage is not None and self.clock() - usage.timestamp <= self.settings.max_sample_age:
+                if usage is not None and self.clock.wall() - usage.timestamp <= self.settings.max_sample_age:
                     self._evaluate(rec, usage)
                     sampled += 1
-        uids = {r.uid for r in live}
+        self._retry_due()
         self.source.prune(uids)
         for uid in [u for u in self.states if u not in uids]:
             del self.states[uid]
@@ -270,6 +287,31 @@ class Agent:
         self.last_tick = time.perf_counter() - t0
         self._tick_hist.observe(self.last_tick)
         return sampled
+
+    def _announce(self, rec: PodRecord, what: str) -> None:
+        """Report an invalid policy or annotation warnings once per pod and content (on the worker),
+        unless the controller runs: then it is the one component that announces them."""
+        if self.settings.controller_runs:
+            return
+        life = self.lifecycle.get(rec.uid)
+        key = (what, rec.problems, rec.warnings)
+        if life.announced == key:
+            return
+        life.announced = key
+        self.worker.submit(partial(self.recorder.invalid if what == "invalid" else self.recorder.warnings, rec))
+
+    def _apply_results(self) -> None:
+        """Outcomes of the worker's API actions, applied on this (the lifecycle's own) thread."""
+        while True:
+            try:
+                uid, outcome = self.worker.results.get_nowait()
+            except queue.Empty:
+                return
+            self.lifecycle.result(uid, outcome)
+            st = self.states.get(uid)
+            if st is not None and (outcome.result in ("rate-limited", "not-leader", "waiting")
+                                   or outcome.result.startswith("would-")):
+                st.evicting_since = None  # nothing in effect: --kill-after counts from a real action
 
     def _state(self, rec: PodRecord) -> PodState:
         st = self.states.get(rec.uid)
@@ -285,23 +327,21 @@ class Agent:
             st.policy = policy
             self._events_dirty = True  # new pod or changed annotations: new kernel thresholds
         st.history.append((usage.timestamp, dict(usage.containers), usage.total))
-        if rec.terminating or rec.acted is not None or rec.uid in self.worker.busy \
-                or st.evicting_since is not None:
-            self._last_resort(rec, usage, st)
+        life = self.lifecycle.peek(rec.uid)
+        if rec.terminating or (life is not None and life.phase is Phase.DONE) or rec.uid in self.worker.busy:
+            self._last_resort(rec, usage, st)  # acted on, or an API action in flight
             return
-        decision = decide(policy, usage, rec.breach_since)
+        step, breach = self.lifecycle.observe(rec.uid, policy, usage)
+        if step is Step.CLEARED:
+            st.evicting_since = None
+            log.info("pod=%s is back under its limit; dropping the pending action", rec.key)
+            return
         predicted = None
-        if decision.verdict is not Verdict.ACT and policy.predict:
+        if step in (Step.OK, Step.WAIT) and policy.predict:
             predicted = self._predict(policy, st, self._horizon(policy))
-        if decision.verdict is Verdict.OK and predicted is None:
-            rec.breach_since = None
-            if rec.blocked_since is not None or rec.next_attempt:
-                self.worker.submit(partial(self.enforcer.clear, rec), rec.uid)
-            return
-        if decision.verdict is not Verdict.ACT and predicted is None:
-            rec.breach_since = decision.breach_since  # over, but not yet for memwatch.io/for
-            if self.settings.kill:
-                self._last_resort(rec, usage, st)
+        if step is not Step.ACT and predicted is None:
+            if step is not Step.OK:
+                self._last_resort(rec, usage, st)  # over, waiting (for:, a retry): the kill rung may still fire
             return
         # About to act: never on a stale inactive-file figure. Read once more, fresh, and decide again.
         if usage.source == self.source.name:
@@ -310,17 +350,15 @@ class Agent:
                 return  # vanished in between: nothing to act on
             usage = fresh
             st.history[-1] = (usage.timestamp, dict(usage.containers), usage.total)
-            decision = decide(policy, usage, rec.breach_since)
+            step, breach = self.lifecycle.observe(rec.uid, policy, usage)
             predicted = None
-            if decision.verdict is not Verdict.ACT and policy.predict:
+            if step in (Step.OK, Step.WAIT) and policy.predict:
                 predicted = self._predict(policy, st, self._horizon(policy))
-            if decision.verdict is not Verdict.ACT and predicted is None:
-                rec.breach_since = decision.breach_since
+            if step is not Step.ACT and predicted is None:
                 return
-        detected = self.clock()
-        rec.breach_since = decision.breach_since
-        trigger, container = self._trigger(policy, usage, st, decision.breach, decision.breach_since, predicted,
-                                            detected)
+        detected = self.clock.wall()
+        crossed = life.crossed_at if (life := self.lifecycle.peek(rec.uid)) is not None else None
+        trigger, container = self._trigger(policy, usage, st, breach, crossed, predicted, detected)
         if predicted is not None:
             name, seconds, hard = predicted
             log.info("predicted: pod=%s container=%s usage=%s crosses its hard limit %s in %.0fms; acting now",
@@ -367,7 +405,7 @@ class Agent:
         return None
 
     def _trigger(self, policy: Policy, usage: Usage, st: PodState, breach: Breach | None,
-                 breach_since: float | None, predicted: tuple[str, float, int] | None,
+                 crossed_at: float | None, predicted: tuple[str, float, int] | None,
                  detected: float) -> tuple[Trigger, str | None]:
         """The trigger for the enforcer and the log line, and the container to kill if it comes to that."""
         if breach is None:
@@ -387,29 +425,62 @@ class Agent:
             v1 = p1 if breach.limit.container is None else c1.get(breach.limit.container)
             if v0 is not None and v1 is not None and v0 <= breach.limit.bytes < v1:
                 crossed = _interpolate(t0, v0, t1, v1, breach.limit.bytes)
-        if breach_since is not None and breach_since < usage.timestamp:
-            crossed = min(crossed, breach_since)  # over for a while (memwatch.io/for): since then
+        if crossed_at is not None and crossed_at < usage.timestamp:
+            crossed = min(crossed, crossed_at)  # over for a while (memwatch.io/for): since then
         return Trigger(breach, usage.source, usage.timestamp, crossed, detected), container
 
     def _submit_enforcer(self, rec: PodRecord, st: PodState, trigger: Trigger, predicted: bool) -> None:
-        if rec.next_attempt > self.clock():
-            return
+        """Hand one rung of the ladder to the worker; its outcome comes back through the results queue."""
+        uid = rec.uid
+        policy = rec.policy
+        assert policy is not None
+        escalate = self.lifecycle.should_escalate(uid, policy.escalate)
+        blocked_for = self.lifecycle.blocked_for(uid)
         if st.evicting_since is None:
-            st.evicting_since = self.clock()
+            st.evicting_since = self.clock.mono()
 
         def job() -> None:
-            t0 = self.clock()
-            result = self.enforcer.act(rec, trigger)
-            done = self.clock()
+            # Right before the write: the pod as it is now (a newer record, deleted, or replaced).
+            current = self.index.get(uid)
+            if current is None or current.policy is None:
+                self.worker.results.put((uid, Outcome("gone" if current is None else "waiting")))
+                return
+            t0 = self.clock.mono()
+            outcome = self.enforcer.act(current, trigger, escalate=escalate, blocked_for=blocked_for)
+            done = self.clock.mono()
             self._learn("evict", done - t0)
-            if result in ("evicted", "deleted", "escalated", "would-evict", "would-delete", "would-restart"):
-                self.timings.append(ActionTiming(rec.uid, result, None, trigger.crossed_at, trigger.detected_at,
-                                                 done, predicted))
-            elif result in ("failed", "rate-limited", "waiting"):
-                # Not in effect: keep deciding each sample (the enforcer retries on its own schedule).
-                st.evicting_since = None if result != "failed" else st.evicting_since
+            if outcome.result in ("evicted", "deleted", "escalated") or outcome.result.startswith("would-"):
+                self.timings.append(ActionTiming(uid, outcome.result, None, trigger.crossed_at, trigger.detected_at,
+                                                 self.clock.wall(), predicted))
+            self.worker.results.put((uid, outcome))
 
-        self.worker.submit(job, rec.uid)
+        self.worker.submit(job, uid)
+
+    def _retry_due(self) -> None:
+        """Pending actions whose retry is due: judged again on the current record, then retried."""
+        for uid in self.lifecycle.due():
+            if uid in self.worker.busy:
+                continue
+            rec = self.index.get(uid)
+            st = self.states.get(uid)
+            if rec is None or rec.terminating:
+                self.lifecycle.result(uid, Outcome("gone"))
+                continue
+            if rec.policy is None or st is None:
+                self.lifecycle.cancel(uid)
+                continue
+            life = self.lifecycle.get(uid)
+            step, breach = self.lifecycle.recheck(uid, rec.policy)
+            if step is Step.CLEARED:
+                st.evicting_since = None
+                log.info("pod=%s is under its current limit; dropping the pending action", rec.key)
+            if step is not Step.ACT or breach is None or life.usage is None or rec.protected:
+                continue
+            now = self.clock.wall()
+            trigger = Trigger(breach, life.usage.source, life.usage.timestamp, life.crossed_at or now, now)
+            if rec.policy.action is Action.RESTART and not self.settings.dry_run:
+                continue  # the kill rung acts on samples, not on retries
+            self._submit_enforcer(rec, st, trigger, False)
 
     def _learn(self, kind: str, seconds: float) -> None:
         self.action_seconds[kind] = min(1.0, max(0.001, 0.8 * self.action_seconds[kind] + 0.2 * seconds))
@@ -421,7 +492,7 @@ class Agent:
         policy = rec.policy
         if not self.settings.kill or policy is None or rec.protected:
             return
-        now = self.clock()
+        now = self.clock.mono()
         horizon = self.settings.sample_period + self.action_seconds["kill"]
         imminent = self._predict(policy, st, horizon) if policy.predict else None
         for name, hard in policy.container_hard_limits:
@@ -439,7 +510,8 @@ class Agent:
             if not soon and (waited is None or waited < self.settings.kill_after):
                 continue
             limit = next((lim for lim in policy.limits if lim.container == name), policy.limits[0])
-            trigger = Trigger(Breach(limit, used), usage.source, usage.timestamp, usage.timestamp, now)
+            wall = self.clock.wall()
+            trigger = Trigger(Breach(limit, used), usage.source, usage.timestamp, usage.timestamp, wall)
             why = (f"last resort: {name} predicted to cross its hard limit {format_bytes(hard)}" if soon else
                    f"last resort: {name} is over --kill-ceiling={self.settings.kill_ceiling:g}% of "
                    f"{format_bytes(hard)} and the eviction has not taken effect after {waited or 0:.1f}s")
@@ -460,7 +532,7 @@ class Agent:
                                     f"{why}: no cgroup for container {container!r} to kill"),
                          REASON_FAILED, warning=True, once=True)
             return
-        t0 = self.clock()
+        t0 = self.clock.mono()
         try:
             pids = reader.procs()
             top = top_processes(pids)
@@ -471,12 +543,13 @@ class Agent:
             self._record(self._line("failed", rec, trigger, None, f"{why}: kill failed: {exc}"),
                          REASON_FAILED, warning=True, once=True)
             return
-        acted = self.clock()
-        self._learn("kill", acted - t0)
+        acted_mono = self.clock.mono()
+        acted = self.clock.wall()
+        self._learn("kill", acted_mono - t0)
         assert container is not None
-        st.killed[container] = (acted, dict(rec.container_ids).get(container, ""))
+        st.killed[container] = (acted_mono, dict(rec.container_ids).get(container, ""))
         st.history.clear()
-        rec.breach_since = None
+        self.lifecycle.interrupt(rec.uid)  # the container restarts: a new breach must be seen afresh
         self.timings.append(ActionTiming(rec.uid, "killed", container, trigger.crossed_at, trigger.detected_at,
                                          acted, predicted))
         detail = (f"{why}; SIGKILL to {sent} process(es) of container {container}"

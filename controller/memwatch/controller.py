@@ -11,10 +11,12 @@ import socket
 import time
 from typing import Any
 
+from memwatch.agents import AgentTracker, EventHistory
+from memwatch.clock import SYSTEM, Clock
 from memwatch.enforcer import Enforcer, EnforcerSettings
-from memwatch.kube import ApiError, Kube, load_client
+from memwatch.kube import Kube, load_client
 from memwatch.leader import LeaderElector
-from memwatch.observability import Metrics, Recorder
+from memwatch.observability import HISTORY_SELECTOR, Metrics, Recorder
 from memwatch.podindex import PodIndex
 from memwatch.settings import Settings
 from memwatch.sources import UsageSource, make_source
@@ -34,8 +36,9 @@ class Controller:
     """`memwatch run`: one in-memory index, one periodic sweep, one bulk usage read per sweep."""
 
     def __init__(self, settings: Settings, kube: Kube | None = None, source: UsageSource | None = None,
-                 metrics: Metrics | None = None) -> None:
+                 metrics: Metrics | None = None, clock: Clock = SYSTEM) -> None:
         self.settings = settings
+        self.clock = clock
         self.kube = kube or Kube(load_client(settings.kubeconfig))
         self.metrics = metrics or Metrics()
         identity = settings.pod_name or socket.gethostname()
@@ -43,46 +46,53 @@ class Controller:
         self.index = PodIndex(settings.defaults, settings.protections.reason)
         scopes: list[str | None] = list(settings.namespaces) or [None]
         self.watchers = [PodWatcher(self.kube, self.index, ns, settings.label_selector) for ns in scopes]
+        # memwatch's own Events, followed continuously: the initial LIST is the history a restart
+        # needs, and every later action (another replica's, an agent's) is known as it happens.
+        self.history = EventHistory(self.recorder)
+        self.watchers += [PodWatcher(self.kube, self.history, ns, field_selector=HISTORY_SELECTOR, resource="events")
+                          for ns in scopes]
+        self.agents = AgentTracker(settings.defer_to_agents)
+        if settings.defer_to_agents != "none":
+            if not settings.pod_namespace:
+                raise ValueError("--defer-to-agents needs $POD_NAMESPACE (the namespace of the agent pods)")
+            self.watchers.append(PodWatcher(self.kube, self.agents, settings.pod_namespace, settings.agent_selector,
+                                            field_selector="", resource="pods"))
         self.source = source or make_source(settings.source, self.kube, settings.namespaces, settings.label_selector)
-        self.enforcer = Enforcer(self.kube, self.recorder, enforcer_settings(settings))
         self.leader: LeaderElector | None = None
         if settings.leader_elect:
             if not settings.leader_election_namespace:
                 raise ValueError("--leader-elect needs --leader-election-namespace or $POD_NAMESPACE")
             self.leader = LeaderElector(self.kube, settings.leader_election_namespace,
-                                        settings.leader_election_name, identity,
+                                        settings.leader_election_name, identity, clock=clock,
                                         on_change=lambda v: self.metrics.leader.set(int(v)))
         else:
             self.metrics.leader.set(1)
+        self.enforcer = Enforcer(self.kube, self.recorder, enforcer_settings(settings), clock=clock,
+                                 may_write=self._may_write)
         self.sweeper = Sweeper(self.index, self.source, self.enforcer, self.recorder,
                                interval=settings.interval, max_sample_age=settings.max_sample_age,
-                               is_leader=self._may_act)
-        self._history_loaded = False
-        self._history_error = ""
+                               clock=clock, is_leader=self._may_act, defer=self.agents.defer)
         self.started = time.monotonic()
         self.first_sweep: float | None = None
 
+    def _may_write(self) -> bool:
+        """The fence before every write: still the leader, and the index still in sync."""
+        if self.leader is not None and not self.leader.may_write():
+            return False
+        return all(w.in_sync() for w in self.watchers)
+
     def _may_act(self) -> bool:
-        """Sweep only as the leader, once every watch has listed and memwatch's history is known."""
+        """Sweep only as the leader, while every watch is in sync and memwatch's history is known."""
         if self.leader is not None and not self.leader.is_leader():
             return False
-        if not all(w.synced.is_set() for w in self.watchers):
+        if not all(w.in_sync() for w in self.watchers):
             return False
-        if not self._history_loaded:
-            try:
-                n = self.recorder.load_history(self.settings.namespaces)
-                log.info("loaded %d earlier memwatch Events (so a restart does not act twice)", n)
-                self._history_loaded = True
-            except ApiError as exc:
-                if str(exc) != self._history_error:  # the loop re-checks every 0.5 s: say it once per error
-                    log.warning("cannot read earlier memwatch Events yet (%s); not acting until I can", exc)
-                self._history_error = str(exc)
-                return False
         if self.first_sweep is None:
             self.first_sweep = time.monotonic() - self.started
-            log.info("ready: first sweep %.2fs after start, watched=%d source=%s interval=%.1fs dry_run=%s",
-                     self.first_sweep, len(self.index), self.settings.source, self.settings.interval,
-                     self.settings.dry_run)
+            log.info("ready: first sweep %.2fs after start, watched=%d earlier_events=%d source=%s "
+                     "interval=%.1fs dry_run=%s defer_to_agents=%s", self.first_sweep, len(self.index),
+                     len(self.history), self.settings.source, self.settings.interval, self.settings.dry_run,
+                     self.settings.defer_to_agents)
         return True
 
     def start(self) -> None:
@@ -94,11 +104,14 @@ class Controller:
         self.sweeper.start()
 
     def stop(self) -> None:
+        """Stop sweeping, then release the Lease so a successor takes over at its next retry."""
         self.sweeper.stop()
-        for w in self.watchers:
-            w.stop()
+        if self.sweeper._thread is not None:
+            self.sweeper._thread.join(timeout=10)
         if self.leader is not None:
             self.leader.stop()
+        for w in self.watchers:
+            w.stop()
 
     def health(self) -> dict[str, Any]:
         """For kopf's liveness probe. Raises when the sweep loop is stuck."""

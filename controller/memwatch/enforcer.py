@@ -9,19 +9,26 @@ The action ladder, like descheduler's evictor:
    Event and keeps retrying.
 3. ``delete``: a plain delete with the grace period, UID-preconditioned.
 
-Global caps (per minute, cluster-wide and per namespace) hold actions back; each hold is logged.
-The node agent reuses this class and adds its kill rung on top.
+Caps (per minute, over everything this process writes, and per namespace) hold actions back; each
+hold is logged. The controller's caps are therefore cluster-wide (one leader acts); each node agent
+has its own per-node caps (``--node-max-evictions-per-minute``). The node agent reuses this class and
+adds its kill rung on top.
+
+The enforcer holds no per-pod state: it performs one rung per call and returns an
+:class:`~memwatch.lifecycle.Outcome`; the caller's :class:`~memwatch.lifecycle.Lifecycle` decides
+when to try again. Right before every write it asks ``may_write`` (the leader's fence).
 """
 
 from __future__ import annotations
 
 import logging
-import time
 from collections import defaultdict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from memwatch.clock import SYSTEM, Clock
 from memwatch.kube import Kube, WriteResult
+from memwatch.lifecycle import Outcome, Trigger
 from memwatch.observability import (
     REASON_BLOCKED,
     REASON_CAPPED,
@@ -34,7 +41,7 @@ from memwatch.observability import (
     Recorder,
 )
 from memwatch.podindex import PodRecord
-from memwatch.policy import Action, Breach
+from memwatch.policy import Action
 
 log = logging.getLogger("memwatch.enforcer")
 
@@ -51,22 +58,13 @@ class EnforcerSettings:
     retry_max: float = 10.0
 
 
-@dataclass(frozen=True, slots=True)
-class Trigger:
-    """Why the enforcer is asked to act: the breach and its timing, for the log line and Event."""
-
-    breach: Breach
-    source: str
-    sample_time: float  # epoch, when the over-limit sample was taken
-    crossed_at: float  # epoch, first over-limit sample of this breach
-    detected_at: float  # epoch, when memwatch saw it
-
-
 class RateCaps:
     """Sliding one-minute caps on real writes, cluster-wide and per namespace."""
 
     def __init__(self, total: int, per_namespace: int, clock: Callable[[], float]) -> None:
+        """``clock`` is monotonic: a wall-clock step must not empty or freeze the window."""
         self.total, self.per_namespace, self.clock = total, per_namespace, clock
+        self.scope = "cluster-wide"  # an agent's caps say "node <name>"
         self._all: deque[float] = deque()
         self._ns: dict[str, deque[float]] = defaultdict(deque)
 
@@ -81,7 +79,7 @@ class RateCaps:
         ns_q = self._ns[namespace]
         self._trim(ns_q, now)
         if self.total and len(self._all) >= self.total:
-            return f"cluster-wide cap of {self.total} evictions per minute reached"
+            return f"{self.scope} cap of {self.total} evictions per minute reached"
         if self.per_namespace and len(ns_q) >= self.per_namespace:
             return f"cap of {self.per_namespace} evictions per minute in namespace {namespace} reached"
         if not ns_q:
@@ -95,25 +93,29 @@ class RateCaps:
 
 
 class Enforcer:
-    """Carries out decisions. Owns the sweep-state fields of :class:`PodRecord` it touches."""
+    """Carries out one rung of the action ladder per call; holds no per-pod state."""
 
     def __init__(self, kube: Kube | None, recorder: Recorder, settings: EnforcerSettings,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Clock = SYSTEM, may_write: Callable[[], bool] = lambda: True) -> None:
         self.kube = kube
         self.recorder = recorder
         self.settings = settings
         self.clock = clock
-        self.caps = RateCaps(settings.max_per_minute, settings.max_per_namespace_per_minute, clock)
-        self._pending: dict[str, tuple[PodRecord, Trigger]] = {}  # blocked or failed: retry due
+        self.may_write = may_write
+        self.caps = RateCaps(settings.max_per_minute, settings.max_per_namespace_per_minute, clock.mono)
 
     # -- the ladder ----------------------------------------------------------------------------
-    def act(self, record: PodRecord, trigger: Trigger) -> str:
-        """Act on a pod whose policy says so. Returns the result name (also logged)."""
+    def act(self, record: PodRecord, trigger: Trigger, *, escalate: bool = False,
+            blocked_for: float | None = None) -> Outcome:
+        """Act on a pod whose policy says so, on its current record.
+
+        ``escalate``: the eviction has been blocked past the escalation timeout and may become a
+        delete. ``blocked_for``: how long it has been blocked (None: never), for the messages.
+        """
         policy = record.policy
-        assert policy is not None, "the sweep only passes pods with a valid policy"
-        now = self.clock()
-        if now < record.next_attempt:
-            return "waiting"
+        assert policy is not None, "only pods with a valid policy are acted on"
+        if record.terminating:
+            return Outcome("gone")  # someone else is already deleting it
         if self.settings.dry_run or policy.action is Action.DRY_RUN:
             verb = Action.EVICT if policy.action is Action.DRY_RUN else policy.action
             # A report, not an action: said once per pod (also across restarts, from the Events), and
@@ -122,115 +124,97 @@ class Enforcer:
             if not self.recorder.already(record.uid, [REASON_DRY_RUN]):
                 self._emit(result, REASON_DRY_RUN, record, trigger, None,
                            "dry-run: nothing was written" + (" (--dry-run)" if self.settings.dry_run else ""))
-            return result
+            return Outcome(result)
         capped = self.caps.check(record.namespace)
         if capped:
-            record.next_attempt = now + self.settings.retry_max
-            self._pending[record.uid] = (record, trigger)
             line = self._line("rate-limited", record, trigger, None, capped)
             if self.recorder.already(record.uid, [REASON_CAPPED]):
                 log.warning(line.format())  # every hold is logged; the Event is posted once per pod
             else:
                 self.recorder.action(line, REASON_CAPPED, warning=True)
-            return "rate-limited"
+            return Outcome("rate-limited")
         if policy.action is Action.DELETE:
             return self._delete(record, trigger, "deleted", REASON_DELETED)
-        return self._evict(record, trigger)
+        if escalate and blocked_for is not None:
+            return self._delete(record, trigger, "escalated", REASON_ESCALATED,
+                                f"eviction blocked by a PodDisruptionBudget for {blocked_for:.0f}s; deleting")
+        return self._evict(record, trigger, blocked_for)
 
-    def _evict(self, record: PodRecord, trigger: Trigger) -> str:
+    def _fenced(self, record: PodRecord) -> bool:
+        """The leader's fence, checked right before a write: a replica that may have lost its lease
+        writes nothing."""
+        if self.may_write():
+            return False
+        log.info("not acting on pod=%s: this replica cannot prove it still holds the leader lease", record.key)
+        return True
+
+    def _evict(self, record: PodRecord, trigger: Trigger, blocked_for: float | None) -> Outcome:
         assert self.kube is not None and record.policy is not None
+        if self._fenced(record):
+            return Outcome("not-leader")
         res = self.kube.evict(record.namespace, record.name, record.uid, record.policy.grace_period)
-        now = self.clock()
+        now = self.clock.wall()
         if res.ok:
             self.caps.take(record.namespace)
             return self._done(record, trigger, "evicted", REASON_EVICTED, now)
         if res.gone:
-            return self._gone(record)
+            return self._gone(record, res)
         if res.blocked:
-            return self._blocked(record, trigger, res, now)
-        return self._failed(record, trigger, res, "evict", now)
+            return self._blocked(record, trigger, res, blocked_for)
+        if res.throttled:
+            log.info("eviction of pod=%s throttled by the API server (%s); retrying in %.0fs", record.key,
+                     _short(res.message), res.retry_after or self.settings.retry_min)
+            return Outcome("throttled", res.retry_after)
+        return self._failed(record, trigger, res, "evict")
 
-    def _blocked(self, record: PodRecord, trigger: Trigger, res: WriteResult, now: float) -> str:
+    def _blocked(self, record: PodRecord, trigger: Trigger, res: WriteResult, blocked_for: float | None) -> Outcome:
         assert record.policy is not None
-        first = record.blocked_since is None
-        if first:
-            # Restored from the cluster's Events after a restart, so the deadline does not reset.
-            record.blocked_since = self.recorder.blocked_since.get(record.uid, now)
-        assert record.blocked_since is not None
-        waited = now - record.blocked_since
+        waited = blocked_for or 0.0
         deadline = self.settings.escalation_timeout - waited
-        if record.policy.escalate and deadline <= 0:
-            return self._delete(record, trigger, "escalated", REASON_ESCALATED,
-                                f"eviction blocked by a PodDisruptionBudget for {waited:.0f}s; deleting")
         plan = (f"escalating to delete in {max(deadline, 0):.0f}s" if record.policy.escalate
                 else "escalation is off (memwatch.io/escalate or --escalate); retrying")
-        if first:
+        if blocked_for is None and not self.recorder.already(record.uid, [REASON_BLOCKED]):
             self._emit("blocked", REASON_BLOCKED, record, trigger, None, f"{_short(res.message)}; {plan}",
                        warning=True)
         else:
             log.debug("still blocked pod=%s waited=%.1fs %s", record.key, waited, plan)
-        backoff = min(max(self.settings.retry_min, waited / 2), self.settings.retry_max)
-        next_try = now + backoff
-        if record.policy.escalate and deadline > 0:
-            next_try = min(next_try, now + deadline)  # wake exactly at the escalation deadline
-        record.next_attempt = next_try
-        self._pending[record.uid] = (record, trigger)
-        return "blocked"
+        return Outcome("blocked")
 
-    def _delete(self, record: PodRecord, trigger: Trigger, result: str, reason: str, detail: str = "") -> str:
+    def _delete(self, record: PodRecord, trigger: Trigger, result: str, reason: str, detail: str = "") -> Outcome:
         assert self.kube is not None and record.policy is not None
+        if self._fenced(record):
+            return Outcome("not-leader")
         res = self.kube.delete_pod(record.namespace, record.name, record.uid, record.policy.grace_period)
-        now = self.clock()
+        now = self.clock.wall()
         if res.ok:
             self.caps.take(record.namespace)
             return self._done(record, trigger, result, reason, now, detail)
         if res.gone:
-            return self._gone(record)
-        return self._failed(record, trigger, res, "delete", now)
+            return self._gone(record, res)
+        if res.throttled:
+            return Outcome("throttled", res.retry_after)
+        return self._failed(record, trigger, res, "delete")
 
     def _done(self, record: PodRecord, trigger: Trigger, result: str, reason: str, now: float,
-              detail: str = "") -> str:
-        record.acted = result
-        record.blocked_since = None
-        self._pending.pop(record.uid, None)
+              detail: str = "") -> Outcome:
         self._emit(result, reason, record, trigger, now, detail)
-        return result
+        return Outcome(result)
 
-    def _gone(self, record: PodRecord) -> str:
-        record.acted = "gone"
-        self._pending.pop(record.uid, None)
-        log.info("pod=%s is already gone; nothing to do", record.key)
-        return "gone"
+    def _gone(self, record: PodRecord, res: WriteResult) -> Outcome:
+        what = "was replaced (UID precondition failed)" if res.status == 409 else "is already gone"
+        log.info("pod=%s %s; nothing to do", record.key, what)
+        return Outcome("gone")
 
-    def _failed(self, record: PodRecord, trigger: Trigger, res: WriteResult, verb: str, now: float) -> str:
-        attempts = 1 if record.next_attempt == 0 else 2
-        record.next_attempt = now + (self.settings.retry_min if attempts == 1 else self.settings.retry_max)
-        self._pending[record.uid] = (record, trigger)
-        self._emit("failed", REASON_FAILED, record, trigger, None, f"{verb} failed: {_short(res.message)}",
-                   warning=True, once=True)
-        return "failed"
-
-    # -- retries between sweeps ------------------------------------------------------------------
-    def next_deadline(self) -> float | None:
-        """When the earliest pending retry is due (epoch), so the loop can wake for it."""
-        return min((r.next_attempt for r, _ in self._pending.values()), default=None)
-
-    def retry_due(self) -> int:
-        """Retry every pending action whose time has come. Returns how many were tried."""
-        now = self.clock()
-        due = [(r, t) for r, t in self._pending.values() if r.next_attempt <= now]
-        for record, trigger in due:
-            if record.terminating or record.acted is not None:
-                self._pending.pop(record.uid, None)
-                continue
-            self.act(record, trigger)
-        return len(due)
-
-    def clear(self, record: PodRecord) -> None:
-        """The pod is back under its limit (or gone): drop pending retries and block state."""
-        self._pending.pop(record.uid, None)
-        record.blocked_since = None
-        record.next_attempt = 0.0
+    def _failed(self, record: PodRecord, trigger: Trigger, res: WriteResult, verb: str) -> Outcome:
+        detail = f"{verb} failed: {_short(res.message)}"
+        line = self._line("failed", record, trigger, None, detail)
+        if self.recorder.already(record.uid, [REASON_FAILED + ":" + detail[:80]]):
+            log.warning(line.format())
+        else:
+            # One Event per pod and kind of failure: a later, different failure is posted too.
+            self.recorder.remember(record.uid, REASON_FAILED + ":" + detail[:80])
+            self._emit("failed", REASON_FAILED, record, trigger, None, detail, warning=True)
+        return Outcome("failed")
 
     # -- output --------------------------------------------------------------------------------
     def _line(self, result: str, record: PodRecord, trigger: Trigger, acted_at: float | None,
@@ -247,7 +231,7 @@ class Enforcer:
         line = self._line(result, record, trigger, acted_at, detail)
         self.recorder.action(line, reason, warning=warning, once=once)
         if line.latency is not None:
-            self.recorder.metrics.latency.labels(result, trigger.source).observe(line.latency)
+            self.recorder.metrics.latency.labels(result, trigger.source).observe(max(0.0, line.latency))
 
 
 def _short(message: str) -> str:

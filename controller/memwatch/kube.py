@@ -16,7 +16,7 @@ import contextlib
 import json
 import logging
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
@@ -31,16 +31,39 @@ log = logging.getLogger("memwatch.kube")
 class ApiError(Exception):
     """A failed API request, with the HTTP status (0 when the server could not be reached)."""
 
-    def __init__(self, status: int, reason: str, body: str = "") -> None:
-        self.status, self.reason, self.body = status, reason, body
+    def __init__(self, status: int, reason: str, body: str = "", retry_after: float | None = None) -> None:
+        self.status, self.reason, self.body, self.retry_after = status, reason, body, retry_after
         detail = body
-        with contextlib.suppress(ValueError, AttributeError):
-            detail = json.loads(body).get("message", body)
+        with contextlib.suppress(ValueError, AttributeError, TypeError):
+            decoded = json.loads(body)
+            detail = str(decoded.get("message", body))
+            # A PodDisruptionBudget refusal names itself in its causes; keep them in the message.
+            causes = ((decoded.get("details") or {}).get("causes") or [])
+            kinds = sorted({str(c.get("reason") or c.get("type")) for c in causes if isinstance(c, dict)})
+            if kinds:
+                detail += f" (causes: {', '.join(kinds)})"
         super().__init__(f"HTTP {status} {reason}: {detail}".strip()[:500])
+
+
+def _retry_after(value: str | None) -> float | None:
+    """Seconds from a Retry-After header (API Priority and Fairness sends whole seconds)."""
+    try:
+        return max(0.0, float(value)) if value else None
+    except ValueError:
+        return None
 
 
 class Gone(ApiError):
     """410: a watch's resourceVersion is too old; LIST again."""
+
+
+class TooLargeResourceVersion(Gone):
+    """The server has not seen the watch's resourceVersion yet (a restored or lagging etcd, another
+    API server): retrying the same version never works; LIST again (client-go's reflector does)."""
+
+
+def _is_too_large_rv(status: int, message: str) -> bool:
+    return status in (504, 500) and "too large resource version" in message.lower()
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,14 +73,23 @@ class WriteResult:
     ok: bool
     status: int
     message: str = ""
+    retry_after: float | None = None  # seconds, from a Retry-After header
 
     @property
-    def blocked(self) -> bool:  # a PodDisruptionBudget refused the eviction
-        return self.status == 429
+    def blocked(self) -> bool:
+        """A PodDisruptionBudget refused the eviction (a 429 that says so)."""
+        text = self.message.lower()
+        return self.status == 429 and ("disruption budget" in text or "disruptionbudget" in text)
 
     @property
-    def gone(self) -> bool:  # the pod no longer exists: nothing left to do
-        return self.status == 404
+    def throttled(self) -> bool:
+        """Any other 429: API Priority and Fairness (or a proxy) asks to come back later."""
+        return self.status == 429 and not self.blocked
+
+    @property
+    def gone(self) -> bool:
+        """The pod no longer exists, or a new pod now has its name (the UID precondition failed)."""
+        return self.status == 404 or (self.status == 409 and "precondition" in self.message.lower())
 
 
 def load_client(kubeconfig: str | None = None, context: str | None = None) -> k8s_client.ApiClient:
@@ -145,7 +177,7 @@ class Kube:
             data = resp.read().decode("utf-8", "replace")
             resp.release_conn()
             cls = Gone if resp.status == 410 else ApiError
-            raise cls(resp.status, resp.reason or "", data)
+            raise cls(resp.status, resp.reason or "", data, _retry_after(resp.headers.get("Retry-After")))
         if not stream:
             resp.read(cache_content=True)  # fully buffered; .data holds it (urllib3 2 caches only if asked)
             resp.release_conn()
@@ -197,15 +229,26 @@ class Kube:
             q["continue"] = token
 
     def watch(self, path: str, resource_version: str, query: Mapping[str, Any] | None = None,
-              timeout_seconds: int = 300) -> Iterator[dict[str, Any]]:
+              timeout_seconds: int = 300, silence: float = 120.0,
+              on_connect: Callable[[], None] | None = None) -> Iterator[dict[str, Any]]:
         """WATCH from ``resource_version`` with bookmarks; yields decoded watch events.
 
-        Raises :class:`Gone` when the version expired (also when it arrives as an ERROR event).
+        Raises :class:`Gone` when the version expired or is too large (also when that arrives as
+        an ERROR event). A stream silent for ``silence`` seconds (no event, no bookmark: the API
+        server sends a bookmark about every minute) raises :class:`ApiError` status 0, so a stalled
+        connection is noticed in two bookmark intervals rather than at the watch's own timeout.
         """
         q = dict(query or {})
         q.update(watch="true", resourceVersion=resource_version, allowWatchBookmarks="true",
                  timeoutSeconds=timeout_seconds)
-        resp = self._request("GET", path, q, stream=True, timeout=timeout_seconds + 30)
+        try:
+            resp = self._request("GET", path, q, stream=True, timeout=min(float(timeout_seconds) + 30, silence))
+        except ApiError as exc:
+            if not isinstance(exc, Gone) and _is_too_large_rv(exc.status, str(exc)):
+                raise TooLargeResourceVersion(exc.status, exc.reason, exc.body) from exc
+            raise
+        if on_connect is not None:
+            on_connect()
         buffer = b""
         try:
             for chunk in self._chunks(resp):
@@ -220,6 +263,9 @@ class Kube:
                         code = int(status.get("code") or 0)
                         if code == 410:
                             raise Gone(410, "Gone", status.get("message", ""))
+                        if _is_too_large_rv(code, str(status.get("message", ""))):
+                            raise TooLargeResourceVersion(code, str(status.get("reason", "")),
+                                                          str(status.get("message", "")))
                         raise ApiError(code, status.get("reason", "watch error"), status.get("message", ""))
                     yield event
         finally:
@@ -249,7 +295,7 @@ class Kube:
             resp = self._request(method, path, query, body=body, content_type=content_type)
             return WriteResult(True, resp.status)
         except ApiError as exc:
-            return WriteResult(False, exc.status, str(exc))
+            return WriteResult(False, exc.status, str(exc), exc.retry_after)
 
     def evict(self, namespace: str, name: str, uid: str, grace_period: int | None) -> WriteResult:
         """POST an Eviction for the pod; 429 means a PodDisruptionBudget blocks it."""

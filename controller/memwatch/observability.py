@@ -10,7 +10,7 @@ import logging
 import threading
 import uuid
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -24,6 +24,8 @@ from memwatch.quantity import format_bytes, format_duration, parse_time
 log = logging.getLogger("memwatch")
 
 COMPONENT = "memwatch"
+#: Server-side selector for memwatch's own Events (every replica and agent posts with this source).
+HISTORY_SELECTOR = f"source={COMPONENT}"
 
 # Event reasons: one name per outcome, used in code, docs, NOTES.txt and tests.
 REASON_EVICTED = "MemwatchEvicted"
@@ -39,8 +41,10 @@ REASON_FAILED = "MemwatchActionFailed"
 REASON_CAPPED = "MemwatchRateLimited"
 ALL_REASONS = (REASON_EVICTED, REASON_DELETED, REASON_DRY_RUN, REASON_BLOCKED, REASON_ESCALATED,
                REASON_PROTECTED, REASON_INVALID, REASON_WARNING, REASON_KILLED, REASON_FAILED, REASON_CAPPED)
-#: Reasons that mean "memwatch already acted on this pod": after a restart it must not act again.
-ACTED_REASONS = frozenset({REASON_EVICTED, REASON_DELETED, REASON_ESCALATED, REASON_KILLED})
+#: Reasons that mean "memwatch already acted on this pod": after a restart (or when the other
+#: component did it) it must not act again. A kill in place is not one: it ends one container
+#: instance, the pod goes on, and a later breach of the restarted container is a new one.
+ACTED_REASONS = frozenset({REASON_EVICTED, REASON_DELETED, REASON_ESCALATED})
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
@@ -157,17 +161,22 @@ class Recorder:
         paths = [f"/api/v1/namespaces/{ns}/events" for ns in namespaces] or ["/api/v1/events"]
         n = 0
         for path in paths:
-            for page in self.kube.list_pages(path, {"fieldSelector": f"source={COMPONENT}"}):
+            for page in self.kube.list_pages(path, {"fieldSelector": HISTORY_SELECTOR}):
                 for ev in page.get("items") or ():
-                    uid = (ev.get("involvedObject") or {}).get("uid")
-                    reason = ev.get("reason")
-                    if uid and reason:
-                        self.remember(uid, reason)
-                        n += 1
-                    first = parse_time(ev.get("firstTimestamp") or ev.get("eventTime"))
-                    if uid and reason == REASON_BLOCKED and first is not None:
-                        self.blocked_since[uid] = min(first, self.blocked_since.get(uid, first))
+                    n += self.learn(ev)
         return n
+
+    def learn(self, ev: Mapping[str, Any]) -> int:
+        """Remember one of memwatch's Events (from any replica or agent). Returns 1 if it counted."""
+        uid = (ev.get("involvedObject") or {}).get("uid")
+        reason = ev.get("reason")
+        if not uid or not reason:
+            return 0
+        self.remember(str(uid), str(reason))
+        first = parse_time(ev.get("firstTimestamp") or ev.get("eventTime"))
+        if reason == REASON_BLOCKED and first is not None:
+            self.blocked_since[str(uid)] = min(first, self.blocked_since.get(str(uid), first))
+        return 1
 
     # -- output ------------------------------------------------------------------------------
     def action(self, line: ActionLine, reason: str, warning: bool = False, once: bool = False) -> None:

@@ -20,9 +20,13 @@ from memwatch.quantity import QuantityError, parse_bytes
 MIRROR_ANNOTATION = "kubernetes.io/config.mirror"
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class PodRecord:
-    """One watched pod. Identity and spec facts are set from the watch; the rest is sweep state."""
+    """One watched pod: immutable facts from the watch, replaced whole on every update.
+
+    What memwatch decided and did about the pod lives elsewhere, keyed by UID and owned by one
+    thread (:mod:`memwatch.lifecycle`), so the watch thread replacing a record never races it.
+    """
 
     uid: str
     namespace: str
@@ -37,22 +41,27 @@ class PodRecord:
     problems: tuple[Problem, ...]
     warnings: tuple[str, ...]
     qos_class: str | None = None
-    # Sweep state, owned by the sweep thread:
-    breach_since: float | None = None
-    blocked_since: float | None = None  # first refusal of an eviction (PodDisruptionBudget)
-    next_attempt: float = 0.0
-    acted: str | None = None  # the result memwatch already reached for this pod, if any
-    announced: bool = False  # invalid/protected/warnings already reported
-    missing_reported: bool = False
 
     @property
     def key(self) -> str:
         return f"{self.namespace}/{self.name}"
 
 
+def _running_containers(spec: Mapping[str, Any]) -> Iterable[Mapping[str, Any]]:
+    """The containers that run alongside each other: regular ones and native sidecars (init
+    containers with ``restartPolicy: Always``, which run for the pod's whole life and whose memory
+    the pod's usage includes)."""
+    for c in spec.get("initContainers") or ():
+        if isinstance(c, Mapping) and c.get("restartPolicy") == "Always":
+            yield c
+    for c in spec.get("containers") or ():
+        if isinstance(c, Mapping):
+            yield c
+
+
 def _container_specs(spec: Mapping[str, Any]) -> tuple[ContainerSpec, ...]:
     out = []
-    for c in spec.get("containers") or ():
+    for c in _running_containers(spec):
         limit_text = ((c.get("resources") or {}).get("limits") or {}).get("memory")
         hard: int | None = None
         if limit_text is not None:
@@ -87,8 +96,10 @@ def build_record(pod: Mapping[str, Any], defaults: Defaults,
         warnings = policy.warnings
     except InvalidPolicy as exc:
         problems, warnings = exc.problems, exc.warnings
+    names = {c.name for c in containers}
+    statuses = [*(status.get("initContainerStatuses") or ()), *(status.get("containerStatuses") or ())]
     ids = tuple((str(cs.get("name", "")), str(cs["containerID"]))
-                for cs in status.get("containerStatuses") or () if cs.get("containerID"))
+                for cs in statuses if isinstance(cs, Mapping) and cs.get("containerID") and cs.get("name") in names)
     return PodRecord(
         uid=str(meta.get("uid", "")),
         namespace=str(meta.get("namespace", "")),
@@ -110,7 +121,7 @@ class PodIndex:
     """Thread-safe map of watched pods by UID.
 
     The watch thread calls :meth:`upsert`, :meth:`remove` and :meth:`replace`; the sweep calls
-    :meth:`snapshot`. Sweep state on a record survives updates from the watch.
+    :meth:`snapshot` and :meth:`get`. Records are immutable: an update replaces one whole.
     """
 
     def __init__(self, defaults: Defaults, protect: Callable[[Mapping[str, Any]], str | None]) -> None:
@@ -123,15 +134,6 @@ class PodIndex:
     def __len__(self) -> int:
         return len(self._pods)
 
-    def _carry(self, new: PodRecord, old: PodRecord | None) -> PodRecord:
-        if old is not None:
-            new.breach_since, new.blocked_since = old.breach_since, old.blocked_since
-            new.next_attempt, new.acted, new.missing_reported = old.next_attempt, old.acted, old.missing_reported
-            # Re-announce only when what there is to announce changed.
-            new.announced = old.announced and (old.problems, old.warnings, old.protected) == (
-                new.problems, new.warnings, new.protected)
-        return new
-
     def upsert(self, pod: Mapping[str, Any]) -> None:
         """Apply an ADDED/MODIFIED pod from the watch."""
         uid = str((pod.get("metadata") or {}).get("uid", ""))
@@ -140,7 +142,7 @@ class PodIndex:
             if record is None:
                 self._pods.pop(uid, None)  # annotations removed: stop watching
             else:
-                self._pods[uid] = self._carry(record, self._pods.get(uid))
+                self._pods[uid] = record
 
     def remove(self, pod: Mapping[str, Any]) -> None:
         """Apply a DELETED pod from the watch."""
@@ -159,10 +161,10 @@ class PodIndex:
             for uid in [u for u, r in self._pods.items() if scope(r) and u not in fresh]:
                 del self._pods[uid]
             for uid, record in fresh.items():
-                self._pods[uid] = self._carry(record, self._pods.get(uid))
+                self._pods[uid] = record
 
     def snapshot(self) -> list[PodRecord]:
-        """The records as they are now (shared objects: the sweep owns their sweep state)."""
+        """The records as they are now."""
         with self._lock:
             return list(self._pods.values())
 

@@ -4,7 +4,8 @@ Two steps, both pure and separately tested:
 
 * :func:`resolve` turns a pod's ``memwatch.io/*`` annotations plus its containers' hard memory
   limits into a :class:`Policy`, or raises :class:`InvalidPolicy` listing every problem.
-* :func:`decide` turns a policy, a usage sample and the breach history into a :class:`Decision`.
+* :func:`breaches` says which limits a usage sample is over; :mod:`memwatch.lifecycle` turns that
+  into when to act (``memwatch.io/for``, retries, cancelling).
 
 The controller, the node agent and ``memwatch lint`` all call these; nothing else interprets
 annotations.
@@ -330,34 +331,6 @@ def breaches(policy: Policy, usage: Usage) -> list[Breach]:
             found.append(Breach(limit, used))
     found.sort(key=lambda b: b.usage / b.limit.bytes, reverse=True)
     return found
-
-
-class Verdict(enum.StrEnum):
-    OK = "ok"  # under every limit
-    WAIT = "wait"  # over a limit, but not yet for `memwatch.io/for`
-    ACT = "act"  # over a limit long enough: act now
-
-
-@dataclass(frozen=True, slots=True)
-class Decision:
-    verdict: Verdict
-    breach: Breach | None = None
-    breach_since: float | None = None  # when the current breach was first seen (sample time)
-
-
-def decide(policy: Policy, usage: Usage, breach_since: float | None) -> Decision:
-    """Decide on one sample, given when the ongoing breach (if any) started.
-
-    ``breach_since`` is the caller's memory of earlier samples: the timestamp of the first sample
-    of the ongoing breach, or None. The returned decision carries the updated value.
-    """
-    over = breaches(policy, usage)
-    if not over:
-        return Decision(Verdict.OK)
-    since = usage.timestamp if breach_since is None else min(breach_since, usage.timestamp)
-    if usage.timestamp - since >= policy.for_seconds:
-        return Decision(Verdict.ACT, over[0], since)
-    return Decision(Verdict.WAIT, over[0], since)
 
 
 def seconds_to_cross(samples: Sequence[tuple[float, int]], ceiling: int) -> float | None:

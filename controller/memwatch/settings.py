@@ -137,10 +137,6 @@ COMMON: tuple[Option, ...] = (
            "(pods can opt in or out with memwatch.io/escalate)", boolean=True),
     Option("--escalation-timeout", "how long an eviction may stay blocked before escalating", type=_duration,
            default=60.0, metavar="DURATION"),
-    Option("--max-evictions-per-minute", "cluster-wide cap on evictions and deletions per minute (0: none)",
-           type=_non_negative_int, default=20, metavar="N"),
-    Option("--max-evictions-per-namespace-per-minute", "per-namespace cap per minute (0: none)",
-           type=_non_negative_int, default=5, metavar="N"),
     Option("--metrics-port", "port for Prometheus /metrics (0 disables)", type=_port, default=9090, metavar="PORT"),
     Option("--liveness", "kopf liveness endpoint URL ('' disables)", default="http://0.0.0.0:8080/healthz",
            metavar="URL"),
@@ -152,6 +148,17 @@ RUN: tuple[Option, ...] = (
     Option("--interval", "time between sweeps", type=_positive_duration, default=5.0, metavar="DURATION"),
     Option("--max-sample-age", "never act on a usage sample older than this", type=_positive_duration,
            default=60.0, metavar="DURATION"),
+    Option("--max-evictions-per-minute", "cluster-wide cap on the controller's evictions and deletions per "
+           "minute (0: none); node agents have their own --node-max-evictions-per-minute",
+           type=_non_negative_int, default=20, metavar="N"),
+    Option("--max-evictions-per-namespace-per-minute", "the controller's per-namespace cap per minute (0: none)",
+           type=_non_negative_int, default=5, metavar="N"),
+    Option("--defer-to-agents", "leave pods on nodes with a Ready memwatch agent to that agent: 'all' (agents "
+           "that may evict), 'restart' (kill-only agents: only memwatch.io/action: restart pods), or 'none'",
+           choices=("none", "restart", "all"), default="none"),
+    Option("--agent-selector", "label selector of the memwatch agent pods (in the controller's namespace)",
+           type=_selector, default="app.kubernetes.io/name=memwatch,app.kubernetes.io/component=agent",
+           metavar="SELECTOR"),
     Option("--leader-elect", "run several replicas; only the holder of a Lease acts", boolean=True),
     Option("--leader-election-namespace", "namespace of the Lease (default: $POD_NAMESPACE)", metavar="NS"),
     Option("--leader-election-name", "name of the Lease", default="memwatch", metavar="NAME"),
@@ -172,6 +179,11 @@ AGENT: tuple[Option, ...] = (
            "limit at which the agent kills it itself", type=_percent, default=95.0, metavar="PERCENT"),
     Option("--kill-after", "with --kill: how long an eviction may take before the kill rung fires",
            type=_duration, default=1.0, metavar="DURATION"),
+    Option("--controller-runs", "a memwatch controller runs too: it announces invalid annotations and "
+           "annotation warnings, so the agent does not post the same Events again", boolean=True),
+    Option("--node-max-evictions-per-minute", "this node's agent: cap on its evictions and deletions per minute "
+           "(0: none); each node has its own, so the cluster-wide total is up to nodes x N",
+           type=_non_negative_int, default=5, metavar="N"),
     Option("--memory-ceiling", "the agent's own RSS ceiling: above it, it sheds history and warns",
            type=_bytes, default=100 << 20, metavar="BYTES"),
 )
@@ -234,8 +246,6 @@ class Settings:
     defaults: Defaults
     dry_run: bool
     escalation_timeout: float
-    max_per_minute: int
-    max_per_namespace_per_minute: int
     metrics_port: int
     liveness: str
     verbose: bool
@@ -243,6 +253,10 @@ class Settings:
     # controller
     source: str = "auto"
     interval: float = 5.0
+    max_per_minute: int = 20
+    max_per_namespace_per_minute: int = 5
+    defer_to_agents: str = "none"
+    agent_selector: str = "app.kubernetes.io/name=memwatch,app.kubernetes.io/component=agent"
     leader_elect: bool = False
     leader_election_namespace: str | None = None
     leader_election_name: str = "memwatch"
@@ -254,6 +268,8 @@ class Settings:
     kill_ceiling: float = 95.0
     kill_after: float = 1.0
     memory_ceiling: int = 100 << 20
+    node_max_per_minute: int = 5
+    controller_runs: bool = False
     pod_name: str | None = None
     pod_namespace: str | None = None
 
@@ -277,9 +293,15 @@ class Settings:
                             for_seconds=args.default_for, escalate=args.escalate)
         extra: dict[str, Any] = {}
         for name in ("source", "interval", "leader_elect", "leader_election_name", "cgroup_root",
+                     "defer_to_agents", "agent_selector", "controller_runs",
                      "sample_period", "kill", "kill_ceiling", "kill_after", "memory_ceiling"):
             if hasattr(args, name):
                 extra[name] = getattr(args, name)
+        for name, dest in (("max_evictions_per_minute", "max_per_minute"),
+                           ("max_evictions_per_namespace_per_minute", "max_per_namespace_per_minute"),
+                           ("node_max_evictions_per_minute", "node_max_per_minute")):
+            if hasattr(args, name):
+                extra[dest] = getattr(args, name)
         if hasattr(args, "leader_election_namespace"):
             extra["leader_election_namespace"] = args.leader_election_namespace or pod_namespace
         if hasattr(args, "node_name"):
@@ -292,8 +314,6 @@ class Settings:
             defaults=defaults,
             dry_run=args.dry_run,
             escalation_timeout=args.escalation_timeout,
-            max_per_minute=args.max_evictions_per_minute,
-            max_per_namespace_per_minute=args.max_evictions_per_namespace_per_minute,
             metrics_port=args.metrics_port,
             liveness=args.liveness,
             verbose=args.verbose,

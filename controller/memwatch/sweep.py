@@ -1,9 +1,10 @@
 """The sweep: one periodic pass that reads usage for every watched pod at once and decides.
 
 No per-pod timers, daemons or tasks: one loop, one bulk usage read per sweep (see
-:mod:`memwatch.sources`), pure decisions (:mod:`memwatch.policy`), and actions through the
-:mod:`memwatch.enforcer`. Between sweeps the loop wakes only for due retries (a blocked eviction
-reaching its escalation deadline).
+:mod:`memwatch.sources`), the shared pod lifecycle (:mod:`memwatch.lifecycle`, owned by this
+loop's thread), and actions through the :mod:`memwatch.enforcer`. Between sweeps the loop wakes
+only for due retries (a blocked eviction reaching its escalation deadline), and every retry is
+judged again on the pod's *current* record.
 """
 
 from __future__ import annotations
@@ -15,10 +16,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from memwatch.enforcer import Enforcer, Trigger
+from memwatch.clock import SYSTEM, Clock
+from memwatch.enforcer import Enforcer
+from memwatch.lifecycle import Lifecycle, Outcome, Phase, Retry, Step, Trigger
 from memwatch.observability import ACTED_REASONS, REASON_PROTECTED, ActionLine, Recorder
 from memwatch.podindex import PodIndex, PodRecord
-from memwatch.policy import Verdict, decide
+from memwatch.policy import Breach, Usage
 from memwatch.sources import SourceError, UsageSource
 
 log = logging.getLogger("memwatch.sweep")
@@ -38,16 +41,18 @@ class SweepReport:
     stale: int = 0
     missing: int = 0
     invalid: int = 0
+    deferred: int = 0
     results: dict[str, int] = field(default_factory=dict)
     error: str | None = None
 
 
 class Sweeper:
-    """Runs sweeps over the index. Single-threaded: it alone owns the records' sweep state."""
+    """Runs sweeps over the index. Single-threaded: it alone owns the pods' lifecycle state."""
 
     def __init__(self, index: PodIndex, source: UsageSource, enforcer: Enforcer, recorder: Recorder,
-                 interval: float = 5.0, max_sample_age: float = 60.0,
-                 clock: Callable[[], float] = time.time, is_leader: Callable[[], bool] = lambda: True) -> None:
+                 interval: float = 5.0, max_sample_age: float = 60.0, clock: Clock = SYSTEM,
+                 is_leader: Callable[[], bool] = lambda: True,
+                 defer: Callable[[PodRecord], str | None] = lambda record: None) -> None:
         self.index = index
         self.source = source
         self.enforcer = enforcer
@@ -57,6 +62,12 @@ class Sweeper:
         self.max_sample_age = max_sample_age
         self.clock = clock
         self.is_leader = is_leader
+        self.defer = defer
+        st = enforcer.settings
+        # A sweep that did not see the pod for three intervals (not leader, usage read failing, the
+        # process paused) does not continue an earlier breach.
+        self.lifecycle = Lifecycle(clock, max_gap=3 * interval + 1.0,
+                                   retry=Retry(st.retry_min, st.retry_max, st.escalation_timeout))
         self.last: SweepReport | None = None
         self.sweeps = 0
         self.heartbeat = time.monotonic()  # last loop iteration, for the liveness probe
@@ -66,23 +77,31 @@ class Sweeper:
 
     # -- one sweep -----------------------------------------------------------------------------
     def sweep_once(self) -> SweepReport:
-        now = self.clock()
         t0 = time.perf_counter()
-        report = SweepReport(started=now)
+        report = SweepReport(started=self.clock.wall())
         records = self.index.snapshot()
         report.watched = len(records)
+        lives = self.lifecycle
+        lives.retain(r.uid for r in records)
         candidates: list[PodRecord] = []
         for rec in records:
+            life = lives.get(rec.uid)
             if rec.policy is None:
                 report.invalid += 1
                 self.recorder.invalid(rec)
                 continue
             if rec.warnings:
                 self.recorder.warnings(rec)
-            if rec.terminating or rec.acted is not None or not rec.node or rec.phase in ("Succeeded", "Failed"):
+            if rec.terminating or life.phase is Phase.DONE or not rec.node or rec.phase in ("Succeeded", "Failed"):
                 continue  # finished, already handled, or not yet on a node (no memory to read)
-            if self.recorder.already(rec.uid, ACTED_REASONS):
-                rec.acted = "already"  # acted on before a restart: the cluster's Events remember it
+            acted = self.recorder.already(rec.uid, ACTED_REASONS)
+            if acted:
+                lives.mark_done(rec.uid, "already")  # acted on before (a restart, or another component)
+                continue
+            deferred = self.defer(rec)
+            if deferred:
+                report.deferred += 1
+                lives.interrupt(rec.uid)
                 continue
             candidates.append(rec)
         self.metrics.watched.set(report.watched)
@@ -101,28 +120,34 @@ class Sweeper:
             if self._last_error is not None:
                 log.info("sweep: usage read works again")
             self._last_error = None
-        detected = self.clock()
+        for reason, n in (getattr(self.source, "skipped", None) or {}).items():
+            self.metrics.skipped.labels(reason, self.source.name).inc(n)
+        detected = self.clock.wall()
         # One histogram child per source, looked up once per sweep: prometheus_client's labels()
         # costs ~3 µs, a quarter of the per-pod decision time at 10k pods.
         sample_age: dict[str, Any] = {}
         for rec in candidates:
             usage = samples.get(rec.uid)
+            life = lives.get(rec.uid)
             if usage is None:
+                lives.interrupt(rec.uid)
                 if not report.error:
                     report.missing += 1
                     self.metrics.skipped.labels("missing", self.source.name).inc()
-                    if not rec.missing_reported:
+                    if not life.missing_reported:
                         log.info("no usage sample for pod=%s node=%s source=%s (not acted on until one arrives)",
                                  rec.key, rec.node or "-", self.source.name)
-                        rec.missing_reported = True
+                        life.missing_reported = True
                 continue
-            rec.missing_reported = False
+            life.missing_reported = False
             age = detected - usage.timestamp
             hist = sample_age.get(usage.source)
             if hist is None:
                 hist = sample_age[usage.source] = self.metrics.sample_age.labels(usage.source)
             hist.observe(max(age, 0.0))
-            if age > self.max_sample_age:
+            if age > self.max_sample_age or age < -self.max_sample_age:
+                # Too old, or from the future (a clock step on either side): never acted on.
+                lives.interrupt(rec.uid)
                 report.stale += 1
                 self.metrics.skipped.labels("stale", usage.source).inc()
                 log.info("stale sample for pod=%s age=%.1fs > max-sample-age=%.0fs (not acted on)",
@@ -130,20 +155,12 @@ class Sweeper:
                 continue
             report.sampled += 1
             assert rec.policy is not None
-            decision = decide(rec.policy, usage, rec.breach_since)
-            rec.breach_since = decision.breach_since
-            if decision.verdict is Verdict.OK:
-                if rec.blocked_since is not None:
-                    log.info("pod=%s is back under its limit; dropping the pending eviction", rec.key)
-                self.enforcer.clear(rec)
+            step, breach = lives.observe(rec.uid, rec.policy, usage)
+            if step is Step.CLEARED:
+                log.info("pod=%s is back under its limit; dropping the pending action", rec.key)
+            if step is not Step.ACT or breach is None:
                 continue
-            if decision.verdict is Verdict.WAIT or decision.breach is None or decision.breach_since is None:
-                continue
-            trigger = Trigger(decision.breach, usage.source, usage.timestamp, decision.breach_since, detected)
-            if rec.protected:
-                self._refuse(rec, trigger)
-                continue
-            result = self.enforcer.act(rec, trigger)
+            result = self._act(rec, breach, usage, detected)
             report.results[result] = report.results.get(result, 0) + 1
         report.duration = time.perf_counter() - t0
         self.metrics.sweep.observe(report.duration)
@@ -151,18 +168,57 @@ class Sweeper:
         self.sweeps += 1
         return report
 
+    def _act(self, rec: PodRecord, breach: Breach, usage: Usage, detected: float) -> str:
+        life = self.lifecycle.get(rec.uid)
+        trigger = Trigger(breach, usage.source, usage.timestamp, life.crossed_at or usage.timestamp, detected)
+        if rec.protected:
+            self._refuse(rec, trigger)
+            return "protected"
+        assert rec.policy is not None
+        if life.blocked_since is None:
+            first = self.recorder.blocked_since.get(rec.uid)
+            if first is not None:  # blocked before a restart: the escalation deadline does not reset
+                self.lifecycle.restore_blocked(rec.uid, first)
+        outcome = self.enforcer.act(rec, trigger, escalate=self.lifecycle.should_escalate(rec.uid, rec.policy.escalate),
+                                    blocked_for=self.lifecycle.blocked_for(rec.uid))
+        self.lifecycle.result(rec.uid, outcome)
+        return outcome.result
+
     def _refuse(self, rec: PodRecord, trigger: Trigger) -> None:
         line = ActionLine("protected", rec, trigger.breach.usage, trigger.breach.limit.bytes,
                           trigger.breach.limit.scope, trigger.source,
                           max(0.0, trigger.detected_at - trigger.sample_time), detail=str(rec.protected))
         self.recorder.action(line, REASON_PROTECTED, warning=True, once=True)
 
+    def retry_due(self) -> int:
+        """Retry every pending action whose time has come, each on the pod's current record and
+        judged again on the last fresh sample. Returns how many were tried."""
+        tried = 0
+        for uid in self.lifecycle.due():
+            rec = self.index.get(uid)
+            if rec is None or rec.terminating:
+                self.lifecycle.result(uid, Outcome("gone"))  # deleted, or being deleted by someone
+                continue
+            if rec.policy is None or self.defer(rec):
+                self.lifecycle.cancel(uid)  # annotations now invalid, or the agent has it
+                continue
+            life = self.lifecycle.get(uid)
+            step, breach = self.lifecycle.recheck(uid, rec.policy)
+            if step is Step.CLEARED:
+                log.info("pod=%s is under its current limit; dropping the pending action", rec.key)
+            if step is not Step.ACT or breach is None or life.usage is None:
+                continue
+            tried += 1
+            self._act(rec, breach, life.usage, self.clock.wall())
+        return tried
+
     # -- the loop ------------------------------------------------------------------------------
     def run(self) -> None:
-        next_sweep = self.clock()
+        mono = self.clock.mono
+        next_sweep = mono()
         while not self._stop.is_set():
             self.heartbeat = time.monotonic()
-            now = self.clock()
+            now = mono()
             try:
                 if now >= next_sweep:
                     next_sweep = now + self.interval
@@ -174,12 +230,12 @@ class Sweeper:
                         # instead of up to a whole interval later.
                         next_sweep = now + min(self.interval, NOT_READY_RECHECK)
                 elif self.is_leader():
-                    self.enforcer.retry_due()
+                    self.retry_due()
             except Exception:  # a bug or an odd API answer in one sweep must not stop the controller
                 log.exception("sweep failed; the next sweep runs on schedule")
-            deadline = self.enforcer.next_deadline()
+            deadline = self.lifecycle.next_deadline()
             wake = next_sweep if deadline is None else min(next_sweep, deadline)
-            self._stop.wait(max(0.0, min(wake - self.clock(), self.interval)))
+            self._stop.wait(max(0.0, min(wake - mono(), self.interval)))
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self.run, name="sweep", daemon=True)
@@ -187,4 +243,3 @@ class Sweeper:
 
     def stop(self) -> None:
         self._stop.set()
-

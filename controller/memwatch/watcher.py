@@ -12,33 +12,56 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterator, Mapping
-from typing import Any
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any, Protocol
 from urllib.parse import quote
 
-from memwatch.kube import ApiError, Gone, Kube
+from memwatch.kube import ApiError, Gone, Kube, TooLargeResourceVersion
 from memwatch.podindex import PodIndex, PodRecord
 
 log = logging.getLogger("memwatch.watcher")
 
 #: Finished pods use no memory: the API server need not send them at all.
 ACTIVE_PODS = "status.phase!=Succeeded,status.phase!=Failed"
+#: A watch stream with nothing on it for this long (the API server sends a bookmark about every
+#: minute) is treated as stalled and reconnected.
+WATCH_SILENCE = 120.0
+
+
+class Sink(Protocol):
+    """What a watcher feeds: :class:`~memwatch.podindex.PodIndex`, or any other in-memory view."""
+
+    def upsert(self, obj: Mapping[str, Any]) -> None: ...
+
+    def remove(self, obj: Mapping[str, Any]) -> None: ...
+
+    def replace(self, objs: Iterable[Mapping[str, Any]], scope: Callable[[Any], bool]) -> None: ...
+
+    def __len__(self) -> int: ...
 
 
 class PodWatcher:
-    """One LIST+WATCH loop over one scope (cluster-wide, or one namespace), in its own thread."""
+    """One LIST+WATCH loop over one scope (cluster-wide, or one namespace), in its own thread.
 
-    def __init__(self, kube: Kube, index: PodIndex, namespace: str | None = None,
+    Pods by default; ``resource`` names another core/v1 resource (memwatch also follows its own
+    Events and its agents' pods this way)."""
+
+    def __init__(self, kube: Kube, index: PodIndex | Sink, namespace: str | None = None,
                  label_selector: str = "", field_selector: str = ACTIVE_PODS,
-                 page_size: int = 500, watch_timeout: int = 300) -> None:
+                 page_size: int = 500, watch_timeout: int = 300, silence: float = WATCH_SILENCE,
+                 resource: str = "pods") -> None:
         self.kube = kube
         self.index = index
+        self.resource = resource
         self.namespace = namespace
         self.label_selector = label_selector
         self.field_selector = field_selector
         self.page_size = page_size
         self.watch_timeout = watch_timeout
-        self.synced = threading.Event()
+        self.silence = silence
+        self.synced = threading.Event()  # listed, and no re-list needed since
+        self.last_contact = -1e18  # monotonic: the last LIST page, watch connect, event or bookmark
         self.resource_version = ""
         self.lists = 0
         self._stop = threading.Event()
@@ -46,16 +69,27 @@ class PodWatcher:
 
     @property
     def path(self) -> str:
-        return f"/api/v1/namespaces/{quote(self.namespace)}/pods" if self.namespace else "/api/v1/pods"
+        if self.namespace:
+            return f"/api/v1/namespaces/{quote(self.namespace)}/{self.resource}"
+        return f"/api/v1/{self.resource}"
 
     def _query(self) -> dict[str, Any]:
         return {"labelSelector": self.label_selector, "fieldSelector": self.field_selector}
 
+    def _contact(self) -> None:
+        self.last_contact = time.monotonic()
+
+    def in_sync(self) -> bool:
+        """Whether the index reflects the API server closely enough to act on: listed, no re-list
+        pending, and heard from within a stalled stream's detection time (plus a margin)."""
+        return self.synced.is_set() and time.monotonic() - self.last_contact <= self.silence + 15.0
+
     def _in_scope(self, record: PodRecord) -> bool:
-        return self.namespace is None or record.namespace == self.namespace
+        return self.namespace is None or getattr(record, "namespace", None) == self.namespace
 
     def _pages(self) -> Iterator[Mapping[str, Any]]:
         for page in self.kube.list_pages(self.path, self._query(), limit=self.page_size):
+            self.last_contact = time.monotonic()
             self.resource_version = (page.get("metadata") or {}).get("resourceVersion", "")
             yield from page.get("items") or ()
 
@@ -67,7 +101,10 @@ class PodWatcher:
 
     def watch_once(self) -> None:
         """Follow the WATCH until it times out (returns) or expires (raises Gone)."""
-        for event in self.kube.watch(self.path, self.resource_version, self._query(), self.watch_timeout):
+        events = self.kube.watch(self.path, self.resource_version, self._query(), self.watch_timeout,
+                                 silence=self.silence, on_connect=self._contact)
+        for event in events:
+            self.last_contact = time.monotonic()
             if self._stop.is_set():
                 return
             kind = event.get("type")
@@ -93,8 +130,10 @@ class PodWatcher:
                     need_list = False
                 self.watch_once()
                 backoff = 1.0
-            except Gone:
-                log.info("watch expired scope=%s; listing again", self.namespace or "cluster")
+            except Gone as exc:
+                why = "resourceVersion too large" if isinstance(exc, TooLargeResourceVersion) else "expired"
+                log.info("watch %s scope=%s; listing again", why, self.namespace or "cluster")
+                self.synced.clear()  # not acted on until the re-list is in
                 need_list = True
             except Exception as exc:  # the watch must outlive any error; it re-lists
                 log.warning("pod watch failed scope=%s: %s%s; retrying in %.0fs", self.namespace or "cluster",
@@ -105,7 +144,8 @@ class PodWatcher:
                 backoff = min(backoff * 2, 30.0)
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self.run, name=f"watch-{self.namespace or 'all'}", daemon=True)
+        self._thread = threading.Thread(target=self.run, name=f"watch-{self.resource}-{self.namespace or 'all'}",
+                                        daemon=True)
         self._thread.start()
 
     def stop(self) -> None:

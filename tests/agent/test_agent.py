@@ -26,23 +26,36 @@ from agent.helpers import (
 from memwatch import cli
 from memwatch.agent import Agent
 from memwatch.cgroups import CgroupSource, Hierarchy
+from memwatch.clock import SYSTEM, ManualClock
+from memwatch.clock import Clock as MemwatchClock
 from memwatch.observability import REASON_EVICTED, REASON_FAILED, REASON_KILLED, REASON_PROTECTED
 from memwatch.settings import AGENT
 from memwatch.watcher import ACTIVE_PODS
 
 
-class Clock:
+class Clock(ManualClock):
+    """memwatch's manual clock; ``now`` moves both clocks, as time passing does."""
+
     def __init__(self) -> None:
-        self.now = 1_000_000.0
+        super().__init__(wall=1_000_000.0)
 
     def __call__(self) -> float:
-        return self.now
+        return self.wall()
+
+    @property
+    def now(self) -> float:
+        return self.wall()
+
+    @now.setter
+    def now(self, value: float) -> None:
+        self.advance(value - self.wall())
 
 
-def make_agent(tree: Path, api: ApiDouble | None = None, clock: Clock | None = None, **settings: Any) -> Agent:
+def make_agent(tree: Path, api: ApiDouble | None = None, clock: MemwatchClock | None = None,
+               **settings: Any) -> Agent:
     clk = clock or Clock()
-    source = CgroupSource(Hierarchy.detect(tree), clock=clk)
-    return Agent(make_settings(tree, **settings), kube=api, source=source, clock=clk,  # type: ignore[arg-type]
+    source = CgroupSource(Hierarchy.detect(tree), clock=clk.wall)
+    return Agent(make_settings(tree, **settings), kube=api, source=source, clock=clk,
                  watch=False)
 
 
@@ -227,8 +240,7 @@ def test_health_fails_when_the_loop_stalls(v2_tree: Path) -> None:
 
 def test_the_loop_runs_and_stops(v2_tree: Path) -> None:
     api = ApiDouble()
-    agent = make_agent(v2_tree, api, sample_period=0.01)
-    agent.clock = time.time
+    agent = make_agent(v2_tree, api, clock=SYSTEM, sample_period=0.01)
     agent.index.upsert(make_pod(annotations={"memwatch.io/limit.app": "200Mi"}))
     agent.start()
     try:

@@ -18,7 +18,7 @@ Rule = tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...], tuple[str, ...]]
 POD_READ: Rule = (("",), ("pods",), (), ("get", "list", "watch"))
 EVICT: Rule = (("",), ("pods/eviction",), (), ("create",))
 DELETE: Rule = (("",), ("pods",), (), ("delete",))
-EVENTS: Rule = (("",), ("events",), (), ("create", "list", "patch"))
+EVENTS: Rule = (("",), ("events",), (), ("create", "list", "patch", "watch"))
 METRICS: Rule = (("metrics.k8s.io",), ("pods",), (), ("get", "list"))
 NODE_PROXY: Rule = (("",), ("nodes/proxy",), (), ("get",))
 LEASE_CREATE: Rule = (("coordination.k8s.io",), ("leases",), (), ("create",))
@@ -59,7 +59,9 @@ def expected_rbac(values: Obj) -> dict[tuple[str, str | None, str], list[Rule]]:
         roles[("Role", namespace, fullname)] = controller_rules
     if cluster_rules:
         roles[("ClusterRole", None, fullname)] = cluster_rules
-    roles[("Role", NAMESPACE, f"{fullname}-leader-election")] = [LEASE_CREATE, lease_use(fullname)]
+    # With agents, the controller follows their pods in its own namespace (--defer-to-agents).
+    agent_pods = [POD_READ] if values["agent"]["enabled"] else []
+    roles[("Role", NAMESPACE, f"{fullname}-leader-election")] = [LEASE_CREATE, lease_use(fullname), *agent_pods]
     if values["agent"]["enabled"]:
         if watched:
             for namespace in watched:

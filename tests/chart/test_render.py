@@ -352,13 +352,13 @@ def test_controller_command_line(render: Any) -> None:
         "--default-action=evict",
         "--default-for=0s",
         "--escalation-timeout=60s",
-        "--max-evictions-per-minute=20",
-        "--max-evictions-per-namespace-per-minute=5",
         "--metrics-port=9090",
         "--liveness=http://0.0.0.0:8080/healthz",
         "--source=auto",
         "--interval=5s",
         "--max-sample-age=60s",
+        "--max-evictions-per-minute=20",
+        "--max-evictions-per-namespace-per-minute=5",
         "--leader-elect",
         "--leader-election-name=memwatch",
         "--leader-election-namespace=memwatch",
@@ -388,7 +388,8 @@ def test_every_value_reaches_its_flag(render: Any) -> None:
         "metrics": {"port": 9100},
         "liveness": {"port": 8081},
         "extraArgs": ["--something-new"],
-        "agent": {"enabled": True, "samplePeriod": "250ms", "kill": True, "extraArgs": ["--agent-thing"]},
+        "agent": {"enabled": True, "samplePeriod": "250ms", "kill": True, "maxEvictionsPerMinute": 3,
+                  "extraArgs": ["--agent-thing"]},
     }
     rendered = render(values)
     controller, agent = args_of(rendered.controller), args_of(rendered.agent or {})
@@ -403,8 +404,6 @@ def test_every_value_reaches_its_flag(render: Any) -> None:
         "default-grace-period": ["0"],
         "default-for": ["10s"],
         "escalation-timeout": ["30s"],
-        "max-evictions-per-minute": ["0"],
-        "max-evictions-per-namespace-per-minute": ["2"],
         "metrics-port": ["9100"],
         "liveness": ["http://0.0.0.0:8081/healthz"],
     }
@@ -417,6 +416,16 @@ def test_every_value_reaches_its_flag(render: Any) -> None:
     assert flag(controller, "source") == ["kubelet"]
     assert flag(controller, "interval") == ["2s"]
     assert flag(controller, "max-sample-age") == ["30s"]
+    # Caps: the controller's are cluster-wide, each agent's its node's own (issue #9 defect 7).
+    assert flag(controller, "max-evictions-per-minute") == ["0"]
+    assert flag(controller, "max-evictions-per-namespace-per-minute") == ["2"]
+    assert flag(agent, "node-max-evictions-per-minute") == ["3"]
+    assert not flag(agent, "max-evictions-per-minute") and not flag(controller, "node-max-evictions-per-minute")
+    # One component per pod: the controller defers to Ready agents, the agent leaves announcements to it.
+    assert flag(controller, "defer-to-agents") == ["all"]
+    assert flag(controller, "agent-selector") == [
+        "app.kubernetes.io/name=memwatch,app.kubernetes.io/instance=memwatch,app.kubernetes.io/component=agent"]
+    assert "--controller-runs" in agent
     assert controller[-1] == "--something-new"
     assert agent[0] == "agent"
     assert flag(agent, "sample-period") == ["250ms"]

@@ -51,9 +51,9 @@ def test_restart_does_not_act_twice(cluster: Cluster, namespace: str) -> None:
         with running_controller(cluster.kubeconfig, [namespace], *flags, tag="restart-a") as first:
             admin.wait_event(namespace, dry_uid, REASON_DRY_RUN, 120)
             admin.wait_event(namespace, blocked_uid, REASON_BLOCKED, 120)
-            record = first.index.get(blocked_uid)
-            assert record is not None and record.blocked_since is not None
-            refused_at = record.blocked_since
+            blocked_for = first.sweeper.lifecycle.blocked_for(blocked_uid)
+            assert blocked_for is not None
+            refused_at = time.time() - blocked_for
             # Keep retrying for a while, so that a successor which forgot the first refusal
             # would escalate clearly later than one which remembers it.
             wait_for("the first controller to retry the blocked eviction",

@@ -13,6 +13,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+from memwatch.clock import ManualClock
 from memwatch.enforcer import Enforcer, EnforcerSettings
 from memwatch.kube import WriteResult
 from memwatch.observability import Metrics, Recorder
@@ -29,18 +30,14 @@ GI = 1 << 30
 _uids = itertools.count(1)
 
 
-class FakeClock:
-    """An injectable clock (epoch seconds) that only moves when told to."""
+class FakeClock(ManualClock):
+    """memwatch's :class:`~memwatch.clock.ManualClock`, also callable for the wall time (``clock()``)."""
 
     def __init__(self, start: float = T0) -> None:
-        self.now = start
+        super().__init__(wall=start)
 
     def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> float:
-        self.now += seconds
-        return self.now
+        return self.wall()
 
 
 class FakeKube:
@@ -220,7 +217,7 @@ class Rig:
                 self.sweeper.sweep_once()
                 next_sweep = self.clock() + 5.0
             else:
-                self.enforcer.retry_due()
+                self.sweeper.retry_due()
 
 
 def deep_sizeof(obj: Any, seen: set[int] | None = None) -> int:

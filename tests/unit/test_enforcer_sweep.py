@@ -194,7 +194,8 @@ def test_back_under_the_limit_drops_the_pending_eviction(kube: FakeKube, clock: 
     rig.over(p, total=100 * MI)
     rig.sweep()
     assert lines(caplog, "back under its limit")
-    assert rig.enforcer.next_deadline() is None and rig.record(p).blocked_since is None
+    life = rig.sweeper.lifecycle.get(p["metadata"]["uid"])
+    assert rig.sweeper.lifecycle.next_deadline() is None and life.blocked_since is None
     n = len(kube.writes())
     rig.run_for(120)
     assert len(kube.writes()) == n
@@ -209,7 +210,7 @@ def test_gone_pod_is_not_retried(kube: FakeKube, clock: FakeClock) -> None:
     assert rig.sweep().results == {"gone": 1}
     rig.run_for(60, refresh=[p])
     assert len(kube.writes()) == 1 and kube.reasons() == []
-    assert rig.record(p).acted == "gone"
+    assert rig.sweeper.lifecycle.get(p["metadata"]["uid"]).result == "gone"
 
 
 def test_other_failures_emit_action_failed_once_and_retry(kube: FakeKube, clock: FakeClock) -> None:
@@ -404,7 +405,7 @@ def test_restarted_sweeper_does_not_act_twice(clock: FakeClock, reason: str) -> 
     rig.over(fresh)
     rig.sweep(times=3, step=5)
     assert [c[2] for c in kube.writes()] == ["fresh"]
-    assert rig.record(done).acted == "already"
+    assert rig.sweeper.lifecycle.get(done["metadata"]["uid"]).result == "already"
 
 
 def test_dry_run_is_reported_once_across_restarts_and_does_not_block_a_later_eviction(clock: FakeClock) -> None:

@@ -6,6 +6,8 @@ from typing import Any
 
 import pytest
 
+from memwatch.clock import ManualClock
+from memwatch.lifecycle import Lifecycle, Step
 from memwatch.policy import (
     KEY_LIMIT,
     Action,
@@ -13,9 +15,7 @@ from memwatch.policy import (
     Defaults,
     InvalidPolicy,
     Usage,
-    Verdict,
     breaches,
-    decide,
     resolve,
     seconds_to_cross,
 )
@@ -77,10 +77,8 @@ def test_pod_and_container_limits_any_breach_triggers() -> None:
     # Only the pod limit is passed: still a breach.
     over_pod = Usage({"app": 900 * MI, "side": 1200 * MI}, 10.0, "test")
     assert [b.limit.scope for b in breaches(policy, over_pod)] == ["pod"]
-    assert decide(policy, over_pod, None).verdict is Verdict.ACT
-    assert decide(policy, over_app, None).verdict is Verdict.ACT
     under = Usage({"app": 900 * MI, "side": 900 * MI}, 10.0, "test")
-    assert decide(policy, under, None).verdict is Verdict.OK
+    assert breaches(policy, under) == []
 
 
 # ---------------------------------------------------------------------------------------------
@@ -258,34 +256,48 @@ def _policy(**kv: str) -> Any:
     return resolve(ann(**kv), CONTAINERS)
 
 
+def _lives() -> tuple[ManualClock, Lifecycle]:
+    clock = ManualClock()
+    return clock, Lifecycle(clock, max_gap=60.0)
+
+
+def lives_act(policy: Any, usage: Usage) -> Any:
+    """The breach the lifecycle acts on for ``usage`` (the worst one)."""
+    step, breach = _lives()[1].observe("u", policy, usage)
+    assert step is Step.ACT and breach is not None
+    return breach
+
+
 def test_for_waits_then_acts() -> None:
     policy = _policy(limit="1Gi", **{"for": "10s"})
-    over = lambda t: Usage({"app": 2 * GI - 1}, t, "test")  # noqa: E731
-    d1 = decide(policy, over(100.0), None)
-    assert (d1.verdict, d1.breach_since) == (Verdict.WAIT, 100.0)
-    d2 = decide(policy, over(105.0), d1.breach_since)
-    assert (d2.verdict, d2.breach_since) == (Verdict.WAIT, 100.0)
-    d3 = decide(policy, over(110.0), d2.breach_since)
-    assert (d3.verdict, d3.breach_since) == (Verdict.ACT, 100.0)
-    assert d3.breach is not None and d3.breach.usage == 2 * GI - 1 and d3.breach.over == GI - 1
+    clock, lives = _lives()
+    over = lambda: Usage({"app": 2 * GI - 1}, clock.wall(), "test")  # noqa: E731
+    assert lives.observe("u", policy, over())[0] is Step.WAIT
+    clock.advance(5)
+    assert lives.observe("u", policy, over())[0] is Step.WAIT
+    clock.advance(5)
+    step, breach = lives.observe("u", policy, over())
+    assert step is Step.ACT
+    assert breach is not None and breach.usage == 2 * GI - 1 and breach.over == GI - 1
 
 
 def test_a_dip_below_the_limit_resets_the_breach() -> None:
     policy = _policy(limit="1Gi", **{"for": "10s"})
-    d = decide(policy, Usage({"app": 2 * GI - 1}, 100.0, "t"), None)
-    ok = decide(policy, Usage({"app": 100 * MI}, 105.0, "t"), d.breach_since)
-    assert (ok.verdict, ok.breach_since, ok.breach) == (Verdict.OK, None, None)
-    again = decide(policy, Usage({"app": 2 * GI - 1}, 111.0, "t"), ok.breach_since)
-    assert (again.verdict, again.breach_since) == (Verdict.WAIT, 111.0)
+    clock, lives = _lives()
+    assert lives.observe("u", policy, Usage({"app": 2 * GI - 1}, clock.wall(), "t"))[0] is Step.WAIT
+    clock.advance(5)
+    assert lives.observe("u", policy, Usage({"app": 100 * MI}, clock.wall(), "t")) == (Step.OK, None)
+    clock.advance(6)
+    assert lives.observe("u", policy, Usage({"app": 2 * GI - 1}, clock.wall(), "t"))[0] is Step.WAIT
 
 
 def test_no_for_acts_on_the_first_sample() -> None:
-    d = decide(_policy(limit="1Gi"), Usage({"app": GI + 1}, 5.0, "t"), None)
-    assert d.verdict is Verdict.ACT
+    _, lives = _lives()
+    assert lives.observe("u", _policy(limit="1Gi"), Usage({"app": GI + 1}, 5.0, "t"))[0] is Step.ACT
 
 
 def test_exactly_at_the_limit_is_not_a_breach() -> None:
-    assert decide(_policy(limit="1Gi"), Usage({"app": GI}, 5.0, "t"), None).verdict is Verdict.OK
+    assert breaches(_policy(limit="1Gi"), Usage({"app": GI}, 5.0, "t")) == []
 
 
 def test_breaches_sorted_worst_first() -> None:
@@ -293,14 +305,13 @@ def test_breaches_sorted_worst_first() -> None:
     # pod: 2.2Gi/2Gi = 1.1; app: 1.5Gi/1Gi = 1.5; side: 700Mi/100Mi = 7.
     usage = Usage({"app": 3 * GI // 2, "side": 700 * MI}, 1.0, "t", pod_bytes=2 * GI + GI // 5)
     assert [b.limit.scope for b in breaches(policy, usage)] == ["container:side", "container:app", "pod"]
-    assert decide(policy, usage, None).breach.limit.scope == "container:side"  # type: ignore[union-attr]
+    assert lives_act(policy, usage).limit.scope == "container:side"
 
 
 def test_missing_container_sample_is_never_a_breach() -> None:
     policy = _policy(limit_side="100Mi")
     usage = Usage({"app": 10 * GI}, 1.0, "t")  # no sample for side at all
     assert breaches(policy, usage) == []
-    assert decide(policy, usage, None).verdict is Verdict.OK
 
 
 def test_pod_total_prefers_the_pod_cgroup_figure() -> None:

@@ -15,7 +15,9 @@ from typing import Any
 
 import pytest
 
+from memwatch.clock import ManualClock
 from memwatch.kube import Gone
+from memwatch.lifecycle import Lifecycle
 from memwatch.podindex import PodIndex, PodRecord, build_record
 from memwatch.policy import Defaults
 from memwatch.protections import Protections
@@ -122,7 +124,7 @@ def test_sweep_makes_one_usage_request_whatever_the_pod_count(api: FakeApiServer
         rig.add(*pods)
         recs = [rig.record(p) for p in pods]
         serve_metrics(api, recs)
-        clock.now = NOW_TS + 1  # type: ignore[operator]
+        clock.advance(NOW_TS + 1 - clock())
         for _ in range(3):
             report = rig.sweep()
             assert report.sampled == n
@@ -152,7 +154,7 @@ def test_malformed_metrics_items_are_never_acted_on(api: FakeApiServer, clock: F
     api.pod_metrics = [pod_metrics("shop", "bad", NOW, {"app": "900Mi"}),
                        pod_metrics("shop", "good", NOW, {"app": "900Mi"})]
     api.pod_metrics[0]["timestamp"] = "not a time"
-    clock.now = NOW_TS + 1  # type: ignore[operator]
+    clock.advance(NOW_TS + 1 - clock())
     report = rig.sweep()
     assert [c[2] for c in kube.writes()] == ["good"]
     assert report.missing == 1
@@ -357,20 +359,18 @@ def test_watch_410_raises_gone(api: FakeApiServer) -> None:
         watcher.watch_once()
 
 
-def test_run_relists_after_410_and_carries_sweep_state(api: FakeApiServer) -> None:
+def test_run_relists_after_410_and_lifecycle_state_survives(api: FakeApiServer) -> None:
     api.pods = cluster(30)
     index = PodIndex(Defaults(), Protections().reason)
     watcher = PodWatcher(api.kube(), index, watch_timeout=1)
     gone = {"type": "ERROR", "object": {"kind": "Status", "code": 410, "reason": "Expired", "message": "too old"}}
     added = make_pod("late", "shop", uid="uid-late")
     api.watch_scripts.extend([[_ev("ADDED", added, "1001"), gone]])
-    marked = threading.Event()
+    lives = Lifecycle(ManualClock(), max_gap=15.0)
 
     def relisted() -> bool:
-        rec = index.get("uid-0")
-        if rec is not None and not marked.is_set():
-            rec.acted = "evicted"  # sweep state set between the lists
-            marked.set()
+        if index.get("uid-0") is not None and lives.peek("uid-0") is None:
+            lives.mark_done("uid-0", "evicted")  # acted on between the lists
         return watcher.lists >= 2
 
     thread = threading.Thread(target=watcher.run, daemon=True)
@@ -385,8 +385,9 @@ def test_run_relists_after_410_and_carries_sweep_state(api: FakeApiServer) -> No
     assert len(lists) >= 2
     # The re-list is the truth: "late" came only from the watch and is not in the LIST, so it is gone.
     assert {r.name for r in index.snapshot()} == {"p0", "p10", "p20"}
-    rec = index.get("uid-0")
-    assert rec is not None and rec.acted == "evicted", "sweep state survives a re-list"
+    lives.retain(r.uid for r in index.snapshot())
+    life = lives.peek("uid-0")
+    assert life is not None and life.result == "evicted", "lifecycle state (keyed by UID) survives a re-list"
     assert all(r.method == "GET" for r in api.requests()), "the watcher never writes"
 
 

@@ -186,7 +186,7 @@ def test_full_cycle_writes_only_evictions_deletions_and_events(api: FakeApiServe
         if tick % 5 == 0:
             rig.sweeper.sweep_once()
         else:
-            rig.enforcer.retry_due()
+            rig.sweeper.retry_due()
 
     writes = api.writes()
     assert writes, "the scenario must write something, or it proves nothing"

@@ -94,6 +94,13 @@ app.kubernetes.io/component: agent
 {{- end }}
 
 {{/*
+The label selector of this release's agent pods, passed to the controller as --agent-selector.
+*/}}
+{{- define "memwatch.agentSelector" -}}
+{{- printf "app.kubernetes.io/name=%s,app.kubernetes.io/instance=%s,app.kubernetes.io/component=agent" (include "memwatch.name" .) .Release.Name }}
+{{- end }}
+
+{{/*
 The label selector of memwatch's own pods, passed as --self-selector.
 */}}
 {{- define "memwatch.selfSelector" -}}
@@ -176,11 +183,12 @@ controller and the agent.
   verbs: ["delete"]
 {{- end }}
 # Record each decision as an Event on the pod (patch: repeated Events are
-# counted, not duplicated); list memwatch's past Events at startup so that a
-# restart does not act twice on one pod.
+# counted, not duplicated); list and watch memwatch's own Events (field
+# selector source=memwatch) so that a restart, another replica or the other
+# component never acts twice on one pod.
 - apiGroups: [""]
   resources: ["events"]
-  verbs: ["create", "patch", "list"]
+  verbs: ["create", "patch", "list", "watch"]
 {{- end }}
 
 {{/*
@@ -231,8 +239,6 @@ Flags shared by `memwatch run` and `memwatch agent`, one list item each.
 - --escalate
 {{- end }}
 - {{ printf "--escalation-timeout=%s" .Values.eviction.escalationTimeout | quote }}
-- {{ printf "--max-evictions-per-minute=%d" (int64 .Values.eviction.maxPerMinute) | quote }}
-- {{ printf "--max-evictions-per-namespace-per-minute=%d" (int64 .Values.eviction.maxPerNamespacePerMinute) | quote }}
 - {{ printf "--metrics-port=%d" (int64 .Values.metrics.port) | quote }}
 - {{ printf "--liveness=http://0.0.0.0:%d/healthz" (int64 .Values.liveness.port) | quote }}
 {{- if .Values.verbose }}
