@@ -23,9 +23,10 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_ROOT_USER_ACTION=ignore
 RUN python3 -m venv /opt/memwatch
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md LICENSE constraints.txt ./
 COPY controller ./controller
-# Build the wheel, install it with its dependencies into the venv, drop pip
+# Build the wheel, install it with its dependencies at the versions pinned in
+# constraints.txt (a rebuild gets the same ones) into the venv, drop pip
 # (the final image installs nothing), and prove the entry point starts.
 # Empty index arguments are unset first: pip would take "" for an index.
 RUN --mount=type=secret,id=pip_cert \
@@ -35,7 +36,7 @@ RUN --mount=type=secret,id=pip_cert \
         eval "value=\${$name:-}"; [ -n "$value" ] || unset "$name"; \
     done; \
     /opt/memwatch/bin/pip wheel --no-deps --wheel-dir /wheels .; \
-    /opt/memwatch/bin/pip install /wheels/memwatch-*.whl; \
+    /opt/memwatch/bin/pip install -c constraints.txt /wheels/memwatch-*.whl; \
     /opt/memwatch/bin/pip uninstall --yes pip; \
     /opt/memwatch/bin/memwatch --version
 

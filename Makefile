@@ -16,14 +16,19 @@ PYTEST_ARGS ?=
 help: ## Show this help.
 	@awk 'BEGIN {FS = ":.*##"; printf "Usage: make <target>\n\n"} /^[a-zA-Z0-9_.-]+:.*##/ { printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2 }' $(MAKEFILE_LIST)
 
-$(VENV)/.installed: pyproject.toml
+# Runtime dependencies at the versions pinned in constraints.txt, as in the image.
+$(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[test]'
 	touch $@
 
 .PHONY: install
-install: $(VENV)/.installed ## Create .venv and install memwatch with its test tools.
+install: $(VENV)/.installed ## Create .venv and install memwatch (runtime dependencies pinned by constraints.txt) with its test tools.
+
+.PHONY: constraints
+constraints: ## Re-pin constraints.txt to the runtime dependencies pip resolves now (after changing them in pyproject.toml).
+	$(PYTHON) hack/pin-constraints.py
 
 .PHONY: lint
 lint: install ## ruff and mypy.

@@ -7,8 +7,8 @@
 #      with tests/e2e/values-e2e.yaml;
 #   3. starts a memory hog annotated `memwatch.io/limit: 120Mi` that grows 8 MiB/s towards its
 #      400Mi kernel limit;
-#   4. streams the hog's growth, then the moment memwatch evicts it: the controller's log line
-#      and the Event on the pod;
+#   4. streams the hog's growth, then the moment memwatch evicts it: the log line of the
+#      component that acted (controller or node agent) and the Event on the pod;
 #   5. leaves the cluster running and prints `export KUBECONFIG=...` and how to tear it down.
 #
 # Environment: PY (the venv's python, default .venv/bin/python), DEMO_TIMEOUT (seconds, 240).
@@ -83,8 +83,11 @@ while time.monotonic() < deadline:
     if hits:
         kill = memwatch.lines(rf"action=evicted pod={NS}/{NAME} ")
         print("\nmemwatch evicted the hog before the kernel's OOM killer fired.\n")
+        # The agent, when installed, usually acts first: name the component from its pod's label.
+        component = {p["metadata"]["name"]: p["metadata"]["labels"].get("app.kubernetes.io/component", "?")
+                     for p in memwatch.all_pods()}
         for pod_name, line in kill[-1:]:
-            print(f"controller log ({pod_name}):\n  {line}\n")
+            print(f"memwatch {component.get(pod_name, '?')} log (pod {pod_name}):\n  {line}\n")
         ev = hits[0]
         print(f"Event on the pod:\n  {ev['type']}  {ev['reason']}  {ev['message']}")
         sys.exit(0)
@@ -92,14 +95,16 @@ while time.monotonic() < deadline:
     if problem:
         sys.exit(f"the kernel OOM-killed the hog first ({problem}): memwatch did not act in time")
     time.sleep(1)
-sys.exit("memwatch did not evict the hog in time; see the controller's log")
+sys.exit("memwatch did not evict the hog in time; its logs: kubectl logs -n memwatch "
+         "-l app.kubernetes.io/name=memwatch --prefix --tail=-1")
 PYTHON
 
 say "the cluster keeps running"
 cat <<EOF
   export KUBECONFIG=$KUBECONFIG
   $KUBECTL get events -n memwatch-demo
-  $KUBECTL logs -n memwatch -l app.kubernetes.io/component=controller | grep action=
+  # every action of every memwatch component; the [pod/.../controller|agent] prefix says which acted
+  $KUBECTL logs -n memwatch -l app.kubernetes.io/name=memwatch --prefix --tail=-1 | grep action=
 
 Tear it down with:
   $TEARDOWN

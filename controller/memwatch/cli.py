@@ -43,6 +43,12 @@ def _parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     return parser
 
 
+# The loggers that speak on every liveness probe (every 10 s in each pod): aiohttp's access log
+# and kopf's probe activity. At INFO they bury the action= lines in `kubectl logs`; a failing
+# probe is logged at ERROR by kopf and still shows.
+PROBE_LOGGERS = ("aiohttp.access", "kopf.activities.probe")
+
+
 def _logging(verbose: bool) -> None:
     import kopf
 
@@ -50,6 +56,8 @@ def _logging(verbose: bool) -> None:
                    else kopf.LogFormat.FULL)
     logging.getLogger("memwatch").setLevel(logging.DEBUG if verbose else logging.INFO)
     logging.getLogger("urllib3").setLevel(logging.WARNING)
+    for name in PROBE_LOGGERS:
+        logging.getLogger(name).setLevel(logging.NOTSET if verbose else logging.WARNING)
 
 
 def _serve(settings: Settings, engine: object) -> int:

@@ -37,7 +37,8 @@ def test_multi_stage_from_an_overridable_slim_python_base() -> None:
 
 def test_installs_the_package_from_a_wheel() -> None:
     assert re.search(r"pip wheel --no-deps --wheel-dir /wheels \.", DOCKERFILE)
-    assert re.search(r"pip install /wheels/memwatch-\*\.whl", DOCKERFILE)
+    # At the pinned versions of constraints.txt (tests/unit/test_constraints.py checks them).
+    assert re.search(r"pip install -c constraints\.txt /wheels/memwatch-\*\.whl", DOCKERFILE)
     final = DOCKERFILE.split("\nFROM ${BASE_IMAGE}\n", 1)[1]
     assert "COPY --from=builder /opt/memwatch /opt/memwatch" in final
     assert "pip install" not in final
@@ -80,10 +81,10 @@ def test_dockerignore_keeps_the_context_small() -> None:
     ]
     assert lines[0] == "*"
     allowed = {line[1:] for line in lines if line.startswith("!")}
-    assert allowed == {"pyproject.toml", "README.md", "controller/"}
+    assert allowed == {"pyproject.toml", "README.md", "LICENSE", "constraints.txt", "controller/"}
     # The Dockerfile copies exactly what is allowed.
     copied = {rest.split()[0] for word, rest in instructions() if word == "COPY" and "--from" not in rest}
     copied |= {
         part for word, rest in instructions() if word == "COPY" and "--from" not in rest for part in rest.split()[:-1]
     }
-    assert copied == {"pyproject.toml", "README.md", "controller"}
+    assert copied == {"pyproject.toml", "README.md", "LICENSE", "constraints.txt", "controller"}

@@ -493,7 +493,7 @@ def test_readme_lists_every_event_reason() -> None:
 def test_notes_say_how_to_use_it(scenario: Rendered) -> None:
     notes = scenario.notes
     assert "memwatch.io/limit" in notes
-    assert "kubectl logs -n memwatch deploy/memwatch" in notes and "grep action=" in notes
+    assert "--prefix --tail=-1 | grep action=" in notes
     assert "kubectl get events -A --field-selector reason=MemwatchEvicted" in notes
     for reason in event_reasons():
         assert reason in notes

@@ -1,0 +1,90 @@
+"""`kubectl logs` at the default level: no line per liveness probe; `--verbose` brings them back.
+
+The probe is served by kopf's real health reporter (aiohttp) calling memwatch's probe handler,
+and the output is what the stream handler that `memwatch.cli._logging` installs writes to stderr.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import urllib.request
+from collections.abc import Iterator
+from typing import Any
+
+import kopf
+import pytest
+from kopf._core.engines.probing import health_reporter  # the code behind kopf.run(liveness_endpoint=...)
+
+import memwatch.handlers  # noqa: F401  (registers the probe handler)
+from memwatch.cli import PROBE_LOGGERS, _logging
+
+
+class _HealthyEngine:
+    def health(self) -> dict[str, Any]:
+        return {"watched": 0}
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging() -> Iterator[None]:
+    """_logging configures process-wide loggers: put them back for the other tests."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    levels = {name: logging.getLogger(name).level for name in (*PROBE_LOGGERS, "memwatch", "urllib3")}
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+    for name, saved in levels.items():
+        logging.getLogger(name).setLevel(saved)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+async def _probe_once() -> bytes:
+    """Serve the liveness endpoint as kopf.run does, GET it once (as the kubelet does), stop."""
+    url = f"http://127.0.0.1:{_free_port()}/healthz"
+    ready = asyncio.Event()
+    server = asyncio.create_task(health_reporter(
+        url, memo=kopf.Memo(engine=_HealthyEngine()), indices={}, registry=kopf.get_default_registry(),
+        settings=kopf.OperatorSettings(), ready_flag=ready))
+    try:
+        await ready.wait()
+        with await asyncio.to_thread(urllib.request.urlopen, url, timeout=10) as response:
+            body: bytes = response.read()
+            return body
+    finally:
+        server.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await server
+
+
+def test_probes_are_silent_at_the_default_level(capsys: pytest.CaptureFixture[str]) -> None:
+    _logging(verbose=False)
+    body = asyncio.run(_probe_once())
+    assert b'"memwatch"' in body  # the probe really ran memwatch's handler
+    logging.getLogger("memwatch").info("action=evicted pod=ns/p")
+    err = capsys.readouterr().err
+    assert "GET /healthz" not in err
+    assert "Activity 'memwatch'" not in err
+    assert "action=evicted pod=ns/p" in err  # the lines users look for still show
+
+
+def test_verbose_shows_probes(capsys: pytest.CaptureFixture[str]) -> None:
+    _logging(verbose=True)
+    asyncio.run(_probe_once())
+    err = capsys.readouterr().err
+    assert "GET /healthz" in err
+    assert "Activity 'memwatch' succeeded" in err
+
+
+def test_a_failing_probe_still_shows_at_the_default_level(capsys: pytest.CaptureFixture[str]) -> None:
+    _logging(verbose=False)
+    # kopf logs a probe handler's exception at ERROR through the probe activity's logger.
+    logging.getLogger("kopf.activities.probe").error("Activity 'memwatch' failed: sweep loop stalled")
+    assert "sweep loop stalled" in capsys.readouterr().err
