@@ -176,10 +176,9 @@ def real_memory_cgroup(prefix: str = "memwatch-test") -> Iterator[Path]:
 
 def spawn_in(cgroup: Path, argv: list[str]) -> subprocess.Popen[bytes]:
     """Start ``argv`` inside a real cgroup: the shell joins it, then execs. Returns once it is in."""
-    r, w = os.pipe()
-    script = f'echo $$ > {cgroup}/cgroup.procs && echo in >&{w} && exec "$@"'
-    proc = subprocess.Popen(["sh", "-c", script, "sh", *argv], pass_fds=(w,), stdout=subprocess.DEVNULL)
-    os.close(w)
-    with os.fdopen(r) as f:
-        f.readline()  # the shell is in the cgroup
+    script = f'echo $$ > {cgroup}/cgroup.procs && echo in && exec "$@" >/dev/null'
+    proc = subprocess.Popen(["sh", "-c", script, "sh", *argv], stdout=subprocess.PIPE)
+    assert proc.stdout is not None
+    with proc.stdout:
+        proc.stdout.readline()  # the shell is in the cgroup
     return proc
