@@ -417,3 +417,27 @@ def test_churning_1000_real_pod_cgroups_leaves_no_descriptor_open() -> None:
             (base / f"pod{uid}" / cid).rmdir()
 
         _churn(CgroupSource(Hierarchy(1, root)), make, remove, pods=250, batches=4, real=True)
+
+
+def test_the_agent_evicts_a_pod_far_over_its_limit_while_another_pods_cgroup_is_unreadable(
+        v1_tree: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The issue's measurement, as a test: before, the bad pod's Unreadable ended every tick, leaked
+    two descriptors a tick, and the big pod was never evicted."""
+    from agent.helpers import ApiDouble
+    from agent.test_agent import make_agent, step
+
+    v1_pod(v1_tree, UID_BIG, CID_BIG, 900 * MiB)
+    _bad_sidecar(v1_tree, "ELOOP", monkeypatch)
+    api = ApiDouble()
+    agent = make_agent(v1_tree, api)
+    agent.index.upsert(make_pod(annotations={"memwatch.io/limit": "300Mi"}))  # the bad one, under it
+    agent.index.upsert(make_pod(UID_BIG, "big", annotations={"memwatch.io/limit": "300Mi"},
+                                containers=(("main", "1Gi", CID_BIG),)))
+    with caplog.at_level(logging.WARNING, logger="memwatch.cgroups"):
+        step(agent)
+        before = fd_count()
+        for _ in range(50):
+            step(agent)
+    assert api.evictions == [("default", "big", UID_BIG)]
+    assert fd_count() <= before  # the big pod's files are closed once it is evicted; nothing leaked
+    assert len([r for r in caplog.records if "cannot read the cgroup of pod=default/app" in r.getMessage()]) == 1
