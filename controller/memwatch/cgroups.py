@@ -11,11 +11,15 @@
   expensive part, so it is re-read every sample only for cgroups near a threshold (:class:`CgroupReader`).
 * When: kernel notifications wake the agent between samples: v1 ``cgroup.event_control`` thresholds on
   ``memory.usage_in_bytes`` through an eventfd, v2 ``memory.events`` changes (POLLPRI).
-* Kill: SIGKILL every process in the container's ``cgroup.procs`` (or ``cgroup.kill`` on v2), with
-  psutil's top processes by RSS for the log line.
+* Kill: :mod:`memwatch.kill` (pidfds on v1, ``cgroup.kill`` on v2); psutil's top processes by RSS for
+  the log line are here (:func:`top_processes`).
 
-A cgroup that disappears mid-read (the pod or container ended) raises :class:`Vanished`, which is not
-an error. Unreadable or garbled files raise :class:`Unreadable`; the caller reports those once per pod.
+Pod UIDs and container IDs come from the API and are not trusted: only the API server's UID form and
+the runtimes' 64-hex container ID form are used to build paths, and every resolved pod or container
+cgroup must stay under a ``kubepods`` base (symlinks resolved). A cgroup that disappears mid-read (the
+pod or container ended) raises :class:`Vanished`, which is not an error. Unreadable or garbled files
+raise :class:`Unreadable`; :class:`CgroupSource` reports those once per pod and keeps sampling the
+others, with every descriptor of a failed or departed pod closed.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ import contextlib
 import errno
 import logging
 import os
-import signal
+import re
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -38,7 +42,13 @@ from memwatch.policy import Usage
 log = logging.getLogger("memwatch.cgroups")
 
 #: errno values meaning "this cgroup is gone" (removed directory, or a file of a removed cgroup).
-_GONE = frozenset({errno.ENOENT, errno.ENODEV, errno.ESRCH, errno.ENOTDIR})
+GONE = frozenset({errno.ENOENT, errno.ENODEV, errno.ESRCH, errno.ENOTDIR})
+#: The container runtimes whose IDs memwatch accepts, as the kubelet prefixes them in pod status.
+RUNTIMES = ("containerd", "cri-o", "docker")
+#: containerd, CRI-O and docker all name containers by 64 lowercase hex digits (ASCII only: no \d).
+_CONTAINER_ID = re.compile(r"[0-9a-f]{64}")
+#: The API server's pod UIDs (RFC 4122 text form, lowercase).
+_POD_UID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 #: Pod cgroups live under one of these, directly below the memory root or a bounded depth under it.
 _KUBEPODS = ("kubepods", "kubepods.slice")
 _QOS = ("burstable", "besteffort")
@@ -120,9 +130,28 @@ def pod_cgroup_candidates(uid: str, qos_class: str | None = None) -> list[str]:
     return out
 
 
-def container_id(cri_id: str) -> str:
-    """``containerd://abc…`` → ``abc…`` (the runtime prefix is not part of the cgroup name)."""
-    return cri_id.split("://", 1)[-1]
+def container_id(cri_id: str) -> str | None:
+    """``containerd://<64 hex>`` → ``<64 hex>``; None for anything else.
+
+    The ID comes from the pod's status, which anyone able to write that status controls, and it is
+    joined to a cgroup path: only the runtimes' own grammar (a :data:`RUNTIMES` prefix and 64 lowercase
+    hex digits) is accepted, so ``..``, ``/`` or an absolute path can never reach the path.
+    """
+    runtime, sep, cid = cri_id.partition("://")
+    if not sep or runtime not in RUNTIMES or _CONTAINER_ID.fullmatch(cid) is None:
+        return None
+    return cid
+
+
+def valid_pod_uid(uid: str) -> bool:
+    """Whether ``uid`` has the API server's pod UID form (it becomes part of a cgroup path)."""
+    return _POD_UID.fullmatch(uid) is not None
+
+
+def within(path: Path, root: Path) -> bool:
+    """Whether ``path`` lies strictly below ``root``, both with every symlink and ``..`` resolved."""
+    real, top = os.path.realpath(path), os.path.realpath(root)
+    return real != top and os.path.commonpath([real, top]) == top
 
 
 def container_dir_matches(name: str, cid: str) -> bool:
@@ -133,19 +162,26 @@ def container_dir_matches(name: str, cid: str) -> bool:
 
 
 def find_container_cgroup(pod_dir: Path, cri_id: str) -> Path | None:
-    """The container's cgroup under its pod's cgroup, or None when it is not (or no longer) there."""
+    """The container's cgroup under its pod's cgroup, or None when it is not (or no longer) there,
+    or when ``cri_id`` is not a valid runtime ID (:func:`container_id`), or when the directory found
+    resolves outside ``pod_dir`` (a symlink). Never raises."""
     cid = container_id(cri_id)
-    direct = pod_dir / cid
-    if direct.is_dir():
-        return direct
+    if cid is None:
+        return None
+    found: Path | None = None
     try:
-        with os.scandir(pod_dir) as it:
-            for entry in it:
-                if entry.is_dir() and container_dir_matches(entry.name, cid):
-                    return Path(entry.path)
+        direct = pod_dir / cid
+        if direct.is_dir():
+            found = direct
+        else:
+            with os.scandir(pod_dir) as it:
+                for entry in it:
+                    if entry.is_dir(follow_symlinks=False) and container_dir_matches(entry.name, cid):
+                        found = Path(entry.path)
+                        break
     except OSError:
         return None
-    return None
+    return found if found is not None and within(found, pod_dir) else None
 
 
 def discover_bases(memory_root: Path, max_depth: int = 3) -> list[Path]:
@@ -217,9 +253,18 @@ def _pread(fd: int, size: int = 65536) -> bytes:
     try:
         return os.pread(fd, size, 0)
     except OSError as exc:
-        if exc.errno in _GONE:
+        if exc.errno in GONE:
             raise Vanished(str(exc)) from None
         raise Unreadable(str(exc)) from None
+
+
+def _exists(path: Path) -> bool:
+    """``path.exists()`` that answers True (not gone) rather than raising on EACCES and the like."""
+    try:
+        os.stat(path)
+    except OSError as exc:
+        return exc.errno not in GONE
+    return True
 
 
 class CgroupReader:
@@ -253,7 +298,7 @@ class CgroupReader:
         try:
             return os.open(self.path / name, os.O_RDONLY | os.O_CLOEXEC)
         except OSError as exc:
-            if exc.errno in _GONE:
+            if exc.errno in GONE:
                 raise Vanished(f"{self.path / name}: {exc.strerror}") from None
             raise Unreadable(f"{self.path / name}: {exc.strerror}") from None
 
@@ -261,7 +306,7 @@ class CgroupReader:
         raw = _pread(self._usage_fd, 64)
         if not raw:
             # A removed v1 cgroup's open file reads empty rather than failing.
-            if not self.path.exists():
+            if not _exists(self.path):
                 raise Vanished(str(self.path))
             raise Unreadable(f"{self.path / self.hierarchy.usage_file}: empty")
         try:
@@ -271,7 +316,7 @@ class CgroupReader:
 
     def inactive_file(self) -> int:
         text = _pread(self._stat_fd).decode("ascii", "replace")
-        if not text and not self.path.exists():
+        if not text and not _exists(self.path):
             raise Vanished(str(self.path))
         value = parse_stat(text, self.hierarchy.inactive_key)
         if value is None:
@@ -327,7 +372,7 @@ class CgroupReader:
                     f.write(f"{efd} {self._usage_fd} {threshold}")
         except OSError as exc:
             self.unwatch()
-            if exc.errno in _GONE:
+            if exc.errno in GONE:
                 raise Vanished(str(exc)) from None
             raise Unreadable(f"{control}: {exc.strerror}") from None
         self.thresholds = wanted
@@ -345,44 +390,56 @@ class CgroupReader:
             self.events_fd = None
 
     def close(self) -> None:
+        """Close every descriptor of this cgroup. Idempotent: a second call closes nothing (the numbers
+        may belong to other files by then)."""
         self.unwatch()
         for fd in (self._usage_fd, self._stat_fd):
-            with contextlib.suppress(OSError):
-                os.close(fd)
+            if fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        self._usage_fd = self._stat_fd = -1
 
-    # -- the kill rung -------------------------------------------------------------------------
+    # -- the kill rung (memwatch.kill) ----------------------------------------------------------
     def procs(self) -> list[int]:
-        """PIDs (in the host's PID namespace) of every process in this cgroup."""
-        try:
-            return [int(p) for p in (self.path / "cgroup.procs").read_text().split()]
-        except FileNotFoundError:
-            raise Vanished(str(self.path)) from None
-        except (OSError, ValueError) as exc:
-            raise Unreadable(f"{self.path}/cgroup.procs: {exc}") from None
+        """PIDs (as seen from this PID namespace) of every process in this cgroup, for the log line.
 
-    def kill(self, rounds: int = 5) -> int:
-        """SIGKILL every process in the cgroup (``cgroup.kill`` on v2 where the kernel has it).
-
-        Repeats while processes remain, since one may fork between reading the list and the signal.
-        Returns how many processes were signalled (1 for ``cgroup.kill``).
+        Raises :class:`Vanished` or :class:`Unreadable`.
         """
-        if self.hierarchy.version == 2 and (self.path / "cgroup.kill").exists():
-            try:
-                (self.path / "cgroup.kill").write_text("1")
-                return 1
-            except OSError as exc:
-                log.warning("cgroup.kill failed in %s (%s); signalling each process", self.path, exc)
-        signalled: set[int] = set()
-        for _ in range(rounds):
-            pids = [p for p in self.procs() if p not in signalled]
-            if not pids:
-                break
-            for pid in pids:
-                signalled.add(pid)
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
-            time.sleep(0)  # let the kernel reap before looking again
-        return len(signalled)
+        return read_procs(self.path)
+
+    def kill(self) -> int:
+        """SIGKILL this cgroup's processes through :func:`memwatch.kill.kill_cgroup`; how many were signalled.
+
+        The 0.1 interface, kept for its callers: raises :class:`Vanished` when the cgroup is gone and
+        :class:`Unreadable` (with :meth:`KillResult.describe`) when nothing, or not everything, was
+        killed, so that no caller reports a kill of 0 processes. New code calls ``kill_cgroup``.
+        """
+        from memwatch.kill import kill_cgroup  # memwatch.kill builds on this module
+
+        result = kill_cgroup(self.path, self.hierarchy)
+        if result.vanished:
+            raise Vanished(result.describe())
+        if not result.ok:
+            raise Unreadable(result.describe())
+        return max(1, result.signalled)  # cgroup.kill may kill processes this namespace cannot see
+
+
+def read_procs(cgroup: Path) -> list[int]:
+    """The PIDs listed in ``cgroup``'s own ``cgroup.procs`` (not its descendants').
+
+    Raises :class:`Vanished` when the cgroup is gone, :class:`Unreadable` otherwise.
+    """
+    try:
+        with open(cgroup / "cgroup.procs", "rb") as f:
+            text = f.read()
+    except OSError as exc:
+        if exc.errno in GONE:
+            raise Vanished(f"{cgroup}: {exc.strerror}") from None
+        raise Unreadable(f"{cgroup}/cgroup.procs: {exc.strerror}") from None
+    try:
+        return [int(p) for p in text.split()]
+    except ValueError:
+        raise Unreadable(f"{cgroup}/cgroup.procs: {text[:40]!r} is not a list of PIDs") from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -437,7 +494,10 @@ class CgroupSource:
 
     Implements :class:`memwatch.sources.UsageSource`. Container cgroups are found through the CRI
     container IDs in the pod status; until a pod has one, its pod cgroup is read instead. Cgroups
-    that vanish drop out silently; unreadable ones are logged once per pod (``problems``).
+    that vanish drop out silently. A pod whose cgroup cannot be opened or read (EACCES, EMFILE, ELOOP,
+    garbled files) is skipped with its descriptors closed, logged once per problem (``problems``), and
+    retried every sample; the other pods are sampled as usual. A container ID that is not a runtime ID,
+    or a cgroup that resolves outside the pod's own directory, is refused, logged once (``refused``).
     """
 
     name = "cgroup"
@@ -448,7 +508,8 @@ class CgroupSource:
         self.clock = clock
         self._locate = locate or self.locate
         self.pods: dict[str, PodCgroups] = {}
-        self.problems: dict[str, str] = {}  # uid -> the problem already logged for it
+        self.problems: dict[str, str] = {}  # uid -> the read problem already logged for it
+        self.refused: dict[str, str] = {}  # uid -> the refused container IDs or paths already logged
         self.vanished = 0
         self.generation = 0  # bumped whenever the set of open cgroups changes
         self._bases: list[Path] = []
@@ -463,18 +524,30 @@ class CgroupSource:
         return self._bases
 
     def find_pod(self, uid: str, qos_class: str | None = None) -> Path | None:
-        """The pod's cgroup directory by UID, for either cgroup driver, or None."""
+        """The pod's cgroup directory by UID, for either cgroup driver, or None (also for a UID that
+        is not the API server's form, and for a directory that resolves outside its kubepods base)."""
+        if not valid_pod_uid(uid):
+            return None
         for base in self.bases():
             for rel in pod_cgroup_candidates(uid, qos_class):
                 path = base / rel
-                if path.is_dir():
-                    return path
+                with contextlib.suppress(OSError):
+                    if path.is_dir() and within(path, base):
+                        return path
         return None
 
     def locate(self, record: PodRecord) -> tuple[Path | None, dict[str, Path]]:
-        """The pod's cgroup and its containers' cgroups (by name), as far as they exist now."""
+        """The pod's cgroup and its containers' cgroups (by name), as far as they exist now.
+
+        Container IDs that are not runtime IDs are refused (logged once per pod), never joined to a path.
+        """
         pod_dir = self.find_pod(record.uid, record.qos_class)
         containers: dict[str, Path] = {}
+        refused = [f"{name}={cri_id[:80]!r}" for name, cri_id in record.container_ids
+                   if cri_id and container_id(cri_id) is None]
+        if refused:
+            self._refuse(record, f"container ID not of the form <{'|'.join(RUNTIMES)}>://<64 hex digits>: "
+                                 + ", ".join(refused))
         if pod_dir is not None:
             for name, cri_id in record.container_ids:
                 found = find_container_cgroup(pod_dir, cri_id)
@@ -482,77 +555,108 @@ class CgroupSource:
                     containers[name] = found
         return pod_dir, containers
 
+    def _refuse(self, record: PodRecord, message: str) -> None:
+        if self.refused.get(record.uid) != message:
+            log.warning("refusing to read or kill for pod=%s: %s (reported once)", record.key, message)
+            self.refused[record.uid] = message
+
     def resolve(self, record: PodRecord) -> PodCgroups | None:
-        """The pod's open cgroups, re-resolved when its container IDs change (a restart)."""
+        """The pod's open cgroups, re-resolved when its container IDs change (a restart).
+
+        Raises :class:`Unreadable` when a cgroup exists but cannot be opened; nothing stays open then.
+        """
         current = self.pods.get(record.uid)
         if current is not None and current.key == record.container_ids and (current.containers or current.pod):
             return current
         if current is not None:
             current.close()
             del self.pods[record.uid]
-        pod_dir, paths = self._locate(record)
+            self.generation += 1
+        try:
+            pod_dir, paths = self._locate(record)
+        except OSError as exc:  # a custom locator, or a filesystem error discovery did not expect
+            raise Unreadable(f"locating the cgroups: {exc}") from None
         if pod_dir is None and not paths:
             return None
         entry = PodCgroups(record.container_ids, pod_dir)
-        self.generation += 1
-        for name, path in paths.items():
-            try:
-                entry.containers[name] = CgroupReader(path, self.hierarchy, self.clock)
-            except Vanished:
-                continue
-        if not entry.containers and pod_dir is not None:
-            try:
-                entry.pod = CgroupReader(pod_dir, self.hierarchy, self.clock)
-            except Vanished:
-                return None
+        try:
+            for name, path in paths.items():
+                with contextlib.suppress(Vanished):
+                    entry.containers[name] = CgroupReader(path, self.hierarchy, self.clock)
+            if not entry.containers and pod_dir is not None:
+                try:
+                    entry.pod = CgroupReader(pod_dir, self.hierarchy, self.clock)
+                except Vanished:
+                    return None
+        except BaseException:
+            entry.close()  # the containers opened before the failure
+            raise
         self.pods[record.uid] = entry
+        self.generation += 1
         return entry
 
     def forget(self, uid: str) -> None:
+        """Close every descriptor of one pod and drop what was remembered about it."""
         entry = self.pods.pop(uid, None)
         if entry is not None:
             entry.close()
             self.generation += 1
         self.problems.pop(uid, None)
+        self.refused.pop(uid, None)
 
     def prune(self, live: Iterable[str]) -> None:
-        """Close the cgroups of pods no longer watched."""
+        """Close the cgroups of pods no longer watched, and forget their problems."""
         keep = set(live)
-        for uid in [u for u in self.pods if u not in keep]:
+        for uid in [u for u in (*self.pods, *self.problems, *self.refused) if u not in keep]:
+            self.forget(uid)
+
+    def close(self) -> None:
+        """Close every open cgroup."""
+        for uid in list(self.pods):
             self.forget(uid)
 
     # -- reading -------------------------------------------------------------------------------
     def sample(self, record: PodRecord, fresh: bool = False) -> Usage | None:
-        """One pod's usage now, or None (not found, vanished, unreadable: the last logged once)."""
+        """One pod's usage now, or None (not found, vanished, unreadable: the last logged once).
+
+        Never raises for one pod's cgroup: a problem with it must not stop the other pods' samples.
+        """
+        try:
+            return self._sample(record, fresh)
+        except Vanished:
+            self.vanished += 1
+            self.forget(record.uid)
+            return None
+        except (Unreadable, OSError) as exc:
+            # Keep the pod's readers open if they were (it is retried next sample); resolve() closed
+            # whatever it had opened when the failure was in opening.
+            self._problem(record, str(exc))
+            return None
+
+    def _sample(self, record: PodRecord, fresh: bool) -> Usage | None:
         entry = self.resolve(record)
         if entry is None:
             return None
         containers: dict[str, int] = {}
         pod_bytes: int | None = None
         stamp: float | None = None
-        try:
-            for name, reader in list(entry.containers.items()):
-                try:
-                    s = reader.read(fresh)
-                except Vanished:
-                    # That container ended (a restart gives it a new ID): resolve again next time.
-                    self.vanished += 1
-                    entry.containers.pop(name).close()
-                    entry.key = ()
-                    self.generation += 1
-                    continue
-                containers[name] = s.working_set
-                stamp = s.timestamp if stamp is None else min(stamp, s.timestamp)
-            if entry.pod is not None:
-                s = entry.pod.read(fresh)
-                pod_bytes, stamp = s.working_set, s.timestamp
-        except Vanished:
-            self.vanished += 1
-            self.forget(record.uid)
-            return None
-        except Unreadable as exc:
-            self._problem(record, str(exc))
-            return None
+        for name, reader in list(entry.containers.items()):
+            try:
+                s = reader.read(fresh)
+            except Vanished:
+                # That container ended (a restart gives it a new ID): resolve again next time.
+                self.vanished += 1
+                entry.containers.pop(name).close()
+                entry.key = ()
+                self.generation += 1
+                continue
+            containers[name] = s.working_set
+            stamp = s.timestamp if stamp is None else min(stamp, s.timestamp)
+        if entry.pod is not None:
+            s = entry.pod.read(fresh)
+            pod_bytes, stamp = s.working_set, s.timestamp
+        if not entry.containers and entry.pod is None:
+            del self.pods[record.uid]  # every container vanished: nothing open, look again next time
         if stamp is None:
             return None
         self.problems.pop(record.uid, None)
@@ -620,7 +724,8 @@ class ProcessSource:
 
     @staticmethod
     def _scan(records: Sequence[PodRecord], now: float) -> dict[str, Usage]:
-        names = {r.uid: {container_id(cid): name for name, cid in r.container_ids} for r in records}
+        names = {r.uid: {cid: name for name, cri_id in r.container_ids if (cid := container_id(cri_id))}
+                 for r in records}
         sums: dict[str, dict[str, int]] = {}
         for proc in psutil.process_iter():
             try:

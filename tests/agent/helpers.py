@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
+import subprocess
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -101,3 +107,78 @@ def set_usage(cgroup: Path, working_set: int, inactive: int = 24 * MiB) -> None:
         k = line.split(" ", 1)[0]
         lines.append(f"{k} {inactive}" if k == key else line)
     (cgroup / "memory.stat").write_text("\n".join(lines) + "\n")
+
+
+def fd_count() -> int:
+    """How many descriptors this process holds now."""
+    return len(os.listdir("/proc/self/fd"))
+
+
+def v1_pod(tree: Path, uid: str, cid: str, working_set: int, qos: str = "burstable") -> Path:
+    """Add a one-container pod to a v1 fixture tree, with just the files the reader opens; returns
+    the container's cgroup (inactive file: 24 MiB)."""
+    pod = tree / "memory" / "kubepods" / qos / f"pod{uid}"
+    pod.mkdir(parents=True)
+    container = pod / cid
+    v1_container(container, working_set)
+    return container
+
+
+def v1_container(path: Path, working_set: int, inactive: int = 24 * MiB) -> None:
+    """A minimal v1 container cgroup: the usage file, memory.stat and an empty cgroup.procs."""
+    path.mkdir()
+    (path / "memory.usage_in_bytes").write_text(f"{working_set + inactive}\n")
+    (path / "memory.stat").write_text(f"cache {inactive}\ntotal_inactive_file {inactive}\n")
+    (path / "cgroup.procs").write_text("")
+
+
+V1_MEMORY = Path("/sys/fs/cgroup/memory")
+
+
+def real_cgroup_unavailable() -> str | None:
+    """Why a real cgroup v1 memory cgroup cannot be made here, or None when it can."""
+    if os.geteuid() != 0:
+        return "not root: creating memory cgroups needs root"
+    if not (V1_MEMORY / "memory.usage_in_bytes").exists():
+        return f"no cgroup v1 memory hierarchy at {V1_MEMORY}"
+    if not os.access(V1_MEMORY, os.W_OK):
+        return f"{V1_MEMORY} is not writable"
+    return None
+
+
+def _kill_and_remove(path: Path) -> None:
+    """Kill what is left in a real cgroup tree (deepest first) and remove it; waits on the kernel."""
+    for top, _, _ in sorted(os.walk(path), key=lambda t: -len(t[0])):
+        for _attempt in range(500):
+            with contextlib.suppress(OSError, ValueError):
+                for pid in (Path(top) / "cgroup.procs").read_text().split():
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(int(pid), signal.SIGKILL)
+            try:
+                os.rmdir(top)
+                break
+            except FileNotFoundError:
+                break
+            except OSError:
+                os.sched_yield()  # EBUSY until the kernel has reaped the killed processes
+
+
+@contextlib.contextmanager
+def real_memory_cgroup(prefix: str = "memwatch-test") -> Iterator[Path]:
+    """A fresh real v1 memory cgroup (root only), removed with anything left in it afterwards."""
+    path = V1_MEMORY / f"{prefix}-{uuid.uuid4().hex[:10]}"
+    path.mkdir()
+    try:
+        yield path
+    finally:
+        _kill_and_remove(path)
+
+
+def spawn_in(cgroup: Path, argv: list[str]) -> subprocess.Popen[bytes]:
+    """Start ``argv`` inside a real cgroup: the shell joins it, then execs. Returns once it is in."""
+    script = f'echo $$ > {cgroup}/cgroup.procs && echo in && exec "$@" >/dev/null'
+    proc = subprocess.Popen(["sh", "-c", script, "sh", *argv], stdout=subprocess.PIPE)
+    assert proc.stdout is not None
+    with proc.stdout:
+        proc.stdout.readline()  # the shell is in the cgroup
+    return proc
