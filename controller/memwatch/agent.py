@@ -38,9 +38,11 @@ from typing import Any
 import psutil
 from prometheus_client import Gauge, Histogram
 
+from memwatch.capabilities import KillCapability, probe
 from memwatch.cgroups import CgroupReader, CgroupSource, Hierarchy, ProcessSource, Unreadable, Vanished, top_processes
 from memwatch.clock import SYSTEM, Clock
 from memwatch.enforcer import Enforcer, EnforcerSettings
+from memwatch.kill import kill_cgroup
 from memwatch.kube import Kube, load_client
 from memwatch.lifecycle import Lifecycle, Outcome, Phase, Retry, Step, Trigger
 from memwatch.observability import (
@@ -48,6 +50,7 @@ from memwatch.observability import (
     LATENCY_BUCKETS,
     REASON_DRY_RUN,
     REASON_FAILED,
+    REASON_KILL_UNAVAILABLE,
     REASON_KILLED,
     REASON_PROTECTED,
     ActionLine,
@@ -165,7 +168,8 @@ class Agent:
     """`memwatch agent`: sample this node's watched pods' cgroups, predict, and act before the kernel."""
 
     def __init__(self, settings: Settings, kube: Kube | None = None, source: CgroupSource | None = None,
-                 metrics: Metrics | None = None, clock: Clock = SYSTEM, watch: bool = True) -> None:
+                 metrics: Metrics | None = None, clock: Clock = SYSTEM, watch: bool = True,
+                 capability: KillCapability | None = None) -> None:
         if not settings.node_name:
             raise ValueError("memwatch agent needs --node-name (or $NODE_NAME from the downward API)")
         self.settings = settings
@@ -183,6 +187,8 @@ class Agent:
                              for ns in scopes]
         self.source = source or CgroupSource(Hierarchy.detect(settings.cgroup_root), clock=clock.wall)
         self.fallback = ProcessSource(clock=clock.wall)
+        # What the kill rung can really do here, found out once: never report a kill that cannot happen.
+        self.capability = capability or probe(self.source.hierarchy)
         self.enforcer = Enforcer(self.kube, self.recorder, agent_enforcer_settings(settings), clock=clock)
         self.enforcer.caps.scope = f"node {self.node}'s"
         self.worker = ActionWorker()
@@ -219,7 +225,7 @@ class Agent:
 
     # -- one sample of every pod -----------------------------------------------------------------
     def _kill_rung(self, policy: Policy) -> bool:
-        return self.settings.kill or policy.action is Action.RESTART
+        return (self.settings.kill or policy.action is Action.RESTART) and self.capability.can_kill
 
     def _load_history(self) -> None:
         """Remember memwatch's Events already on the cluster, so a restarted agent does not repeat
@@ -372,10 +378,21 @@ class Agent:
                              REASON_PROTECTED, warning=True, once=True)
             return
         if policy.action is Action.RESTART and not self.settings.dry_run:
-            self._kill(rec, st, usage, trigger, container, "memwatch.io/action: restart",
-                       predicted is not None)
-            return
+            if self.capability.can_kill:
+                self._kill(rec, st, usage, trigger, container, "memwatch.io/action: restart",
+                           predicted is not None)
+                return
+            self._cannot_kill(rec, trigger)  # said once per pod; evicted instead
         self._submit_enforcer(rec, st, trigger, predicted is not None)
+
+    def _cannot_kill(self, rec: PodRecord, trigger: Trigger) -> None:
+        """``restart`` on an agent that cannot kill: one line and one Event per pod, then eviction."""
+        if self.recorder.already(rec.uid, [REASON_KILL_UNAVAILABLE]):
+            return
+        self.recorder.remember(rec.uid, REASON_KILL_UNAVAILABLE)
+        self._record(self._line("kill-unavailable", rec, trigger, None,
+                                f"memwatch.io/action: restart, but {self.capability.reason}; evicting instead"),
+                     REASON_KILL_UNAVAILABLE, warning=True)
 
     def _horizon(self, policy: Policy) -> float:
         kind = "kill" if policy.action is Action.RESTART else "evict"
@@ -490,7 +507,7 @@ class Agent:
         """``--kill``: a container past ``--kill-ceiling`` whose eviction has not taken effect within
         ``--kill-after``, or one about to cross its hard limit (the kernel would kill it anyway)."""
         policy = rec.policy
-        if not self.settings.kill or policy is None or rec.protected:
+        if not self.settings.kill or not self.capability.can_kill or policy is None or rec.protected:
             return
         now = self.clock.mono()
         horizon = self.settings.sample_period + self.action_seconds["kill"]
@@ -503,9 +520,8 @@ class Agent:
             soon = imminent is not None and imminent[0] == name
             if not (over or soon):
                 continue
-            cid = dict(rec.container_ids).get(name, "")
-            if name in st.killed and st.killed[name][1] == cid and now - st.killed[name][0] < self.settings.kill_after:
-                continue  # just killed this very container: give the kernel time to free it
+            if name in st.killed and st.killed[name][1] == self._instance(rec, name):
+                continue  # this very container instance was killed already: one kill per instance
             waited = None if st.evicting_since is None else now - st.evicting_since
             if not soon and (waited is None or waited < self.settings.kill_after):
                 continue
@@ -522,37 +538,48 @@ class Agent:
                 continue
             self._kill(rec, st, usage, trigger, name, why, soon)
 
+    def _instance(self, rec: PodRecord, container: str) -> str:
+        """Which instance of a container this is: its cgroup (named by its container ID), so a restart
+        is a new instance and the same one is never killed twice."""
+        entry = self.source.pods.get(rec.uid)
+        reader = None if entry is None else entry.containers.get(container)
+        return str(reader.path) if reader is not None else dict(rec.container_ids).get(container, "")
+
     def _kill(self, rec: PodRecord, st: PodState, usage: Usage, trigger: Trigger, container: str | None,
               why: str, predicted: bool) -> None:
-        """SIGKILL the container's processes now; log and Event it (the Event on the worker thread)."""
+        """SIGKILL the container's processes now (pidfds, or cgroup.kill on v2); log and Event it
+        (the Event on the worker thread). A kill that reached no process is a failure, never ``killed``."""
         entry = self.source.pods.get(rec.uid)
         reader = None if entry is None or container is None else entry.containers.get(container)
-        if reader is None:
+        if reader is None or container is None:
             self._record(self._line("failed", rec, trigger, None,
                                     f"{why}: no cgroup for container {container!r} to kill"),
                          REASON_FAILED, warning=True, once=True)
             return
+        instance = self._instance(rec, container)
+        if st.killed.get(container, (0.0, ""))[1] == instance:
+            return  # one kill per container instance, not one per sample
         t0 = self.clock.mono()
         try:
-            pids = reader.procs()
-            top = top_processes(pids)
-            sent = reader.kill()
-        except Vanished:
+            top = top_processes(reader.procs())
+        except (Vanished, Unreadable):
+            top = []
+        result = kill_cgroup(reader.path, reader.hierarchy)
+        if result.vanished:
             return  # it ended on its own
-        except (Unreadable, PermissionError) as exc:
-            self._record(self._line("failed", rec, trigger, None, f"{why}: kill failed: {exc}"),
+        if not result.ok:
+            self._record(self._line("failed", rec, trigger, None, f"{why}: {result.describe()}"),
                          REASON_FAILED, warning=True, once=True)
             return
         acted_mono = self.clock.mono()
         acted = self.clock.wall()
         self._learn("kill", acted_mono - t0)
-        assert container is not None
-        st.killed[container] = (acted_mono, dict(rec.container_ids).get(container, ""))
+        st.killed[container] = (acted_mono, instance)
         st.history.clear()
         self.lifecycle.interrupt(rec.uid)  # the container restarts: a new breach must be seen afresh
         self.timings.append(ActionTiming(rec.uid, "killed", container, trigger.crossed_at, trigger.detected_at,
                                          acted, predicted))
-        detail = (f"{why}; SIGKILL to {sent} process(es) of container {container}"
+        detail = (f"{why}; {result.describe()} of container {container}"
                   + (f"; top: {' '.join(str(p) for p in top)}" if top else ""))
         line = self._line("killed", rec, trigger, acted, detail)
         self.metrics.latency.labels("killed", trigger.source).observe(acted - trigger.detected_at)
@@ -692,6 +719,8 @@ class Agent:
         log.info("agent started: node=%s cgroup v%d at %s, sample-period=%.0fms kill=%s dry_run=%s",
                  self.node, self.source.hierarchy.version, self.source.hierarchy.memory_root,
                  self.settings.sample_period * 1000, self.settings.kill, self.settings.dry_run)
+        # Said once: what the kill rung can do here, and if nothing, why (restart then evicts).
+        (log.info if self.capability.can_kill else log.warning)("kill rung: %s", self.capability.describe())
 
     def stop(self) -> None:
         self._stop.set()

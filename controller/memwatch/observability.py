@@ -39,8 +39,10 @@ REASON_WARNING = "MemwatchAnnotationWarning"
 REASON_KILLED = "MemwatchKilled"
 REASON_FAILED = "MemwatchActionFailed"
 REASON_CAPPED = "MemwatchRateLimited"
+REASON_KILL_UNAVAILABLE = "MemwatchKillUnavailable"
 ALL_REASONS = (REASON_EVICTED, REASON_DELETED, REASON_DRY_RUN, REASON_BLOCKED, REASON_ESCALATED,
-               REASON_PROTECTED, REASON_INVALID, REASON_WARNING, REASON_KILLED, REASON_FAILED, REASON_CAPPED)
+               REASON_PROTECTED, REASON_INVALID, REASON_WARNING, REASON_KILLED, REASON_FAILED, REASON_CAPPED,
+               REASON_KILL_UNAVAILABLE)
 #: Reasons that mean "memwatch already acted on this pod": after a restart (or when the other
 #: component did it) it must not act again. A kill in place is not one: it ends one container
 #: instance, the pod goes on, and a later breach of the restarted container is a new one.
@@ -233,6 +235,7 @@ def event_message(line: ActionLine) -> str:
         "failed": "Action failed",
         "rate-limited": "Held back by the eviction rate cap",
         "protected": "Not acted on: protected",
+        "kill-unavailable": "Cannot kill in place here; evicting instead",
     }
     head = parts.get(line.result, line.result)
     text = head

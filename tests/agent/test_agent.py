@@ -156,7 +156,7 @@ def test_restart_kills_the_container_in_place_and_events_it(v2_tree: Path, sleep
     assert sleeper.wait(timeout=5) == -signal.SIGKILL
     assert api.evictions == []
     assert api.reasons() == [REASON_KILLED]
-    assert "SIGKILL to 1 process(es) of container app" in api.events[0]["message"]
+    assert "SIGKILL to 1 process(es) through pidfds of container app" in api.events[0]["message"]
     assert "sleep(" in api.events[0]["message"]  # psutil's top processes
     assert agent.timings[-1].result == "killed"
 

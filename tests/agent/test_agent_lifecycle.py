@@ -97,3 +97,54 @@ def test_each_agent_has_its_own_per_node_cap(v1_tree: Path, tmp_path: Path) -> N
             step(agent)
     assert [len(api.evictions) for api in apis] == [1, 1]
     assert "node node1's cap of 1 evictions per minute reached" in str(apis[0].events)
+
+
+def test_no_fake_kills_an_agent_that_cannot_kill_evicts_instead(v1_tree: Path, caplog: Any) -> None:
+    """Issue #10 item 3: the default chart's agent (no hostPID, no CAP_KILL, read-only cgroups) used to
+    'kill' 0 processes every 100 ms and log action=killed. Now: one line, one Event, then eviction."""
+    import logging
+
+    from memwatch.capabilities import KillCapability
+    from memwatch.observability import REASON_KILL_UNAVAILABLE, REASON_KILLED
+
+    api = ApiDouble()
+    clock = Clock()
+    confined = KillCapability(version=1, host_pids=False, cap_kill=False, pidfd=True, cgroup_kill=False,
+                              events_writable=False)
+    agent = make_agent(v1_tree, api, clock)
+    agent.capability = confined
+    agent.index.upsert(make_pod(annotations={"memwatch.io/limit.app": "200Mi", "memwatch.io/action": "restart",
+                                             "memwatch.io/predict": "false"}))
+    with caplog.at_level(logging.INFO, logger="memwatch"):
+        _run(agent, clock, 2.0)
+    assert api.evictions == [("default", "app", UID_B)]
+    assert api.reasons() == [REASON_KILL_UNAVAILABLE, REASON_EVICTED]
+    assert REASON_KILLED not in api.reasons()
+    assert not [r for r in caplog.records if "action=killed" in r.getMessage()]
+    assert len([r for r in caplog.records if "action=kill-unavailable" in r.getMessage()]) == 1
+
+
+def test_one_kill_per_container_instance(v1_tree: Path) -> None:
+    import subprocess
+
+    api = ApiDouble()
+    clock = Clock()
+    agent = make_agent(v1_tree, api, clock)
+    procs = [subprocess.Popen(["sleep", "60"]) for _ in range(2)]
+    try:
+        (v1_app(v1_tree) / "cgroup.procs").write_text(f"{procs[0].pid}\n")
+        agent.index.upsert(make_pod(annotations={"memwatch.io/limit.app": "200Mi", "memwatch.io/action": "restart",
+                                                 "memwatch.io/predict": "false"}))
+        step(agent, clock)
+        assert procs[0].wait(timeout=5) == -9
+        # The fixture cgroup is the same instance (same container ID): a new process in it is not
+        # killed again on every sample, however long the usage stays over.
+        (v1_app(v1_tree) / "cgroup.procs").write_text(f"{procs[1].pid}\n")
+        _run(agent, clock, 1.0)
+        assert procs[1].poll() is None
+        assert api.reasons().count("MemwatchKilled") == 1
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+            p.wait()
