@@ -43,7 +43,10 @@ class Controller:
         self.index = PodIndex(settings.defaults, settings.protections.reason)
         scopes: list[str | None] = list(settings.namespaces) or [None]
         self.watchers = [PodWatcher(self.kube, self.index, ns, settings.label_selector) for ns in scopes]
-        self.source = source or make_source(settings.source, self.kube, settings.namespaces, settings.label_selector)
+        self.source = source or make_source(
+            settings.source, self.kube, settings.namespaces, settings.label_selector,
+            kubelet_ca_file=settings.kubelet_ca_file, kubelet_insecure_tls=settings.kubelet_insecure_tls,
+            kubelet_address_types=settings.kubelet_preferred_address_types)
         self.enforcer = Enforcer(self.kube, self.recorder, enforcer_settings(settings))
         self.leader: LeaderElector | None = None
         if settings.leader_elect:
