@@ -359,6 +359,7 @@ def test_controller_command_line(render: Any) -> None:
         "--source=auto",
         "--interval=5s",
         "--max-sample-age=60s",
+        "--kubelet-preferred-address-types=InternalIP,Hostname,InternalDNS,ExternalIP",
         "--leader-elect",
         "--leader-election-name=memwatch",
         "--leader-election-namespace=memwatch",
