@@ -383,4 +383,5 @@ class KubeletClient:
 def _kubelet_resource(path: str) -> str:
     """The RBAC subresource a kubelet with webhook authorization checks for ``path``."""
     first = path.lstrip("/").split("/", 1)[0].split("?", 1)[0]
-    return {"stats": "nodes/stats", "metrics": "nodes/metrics", "logs": "nodes/log"}.get(first, "nodes/proxy")
+    return {"stats": "nodes/stats", "metrics": "nodes/metrics", "logs": "nodes/log", "spec": "nodes/spec",
+            "checkpoint": "nodes/checkpoint"}.get(first, "nodes/proxy")

@@ -214,3 +214,34 @@ def test_kill_only_agent_can_neither_evict_nor_delete(render: Any, namespaces: l
     controller_roles = [r for kind in ROLE_KINDS for r in rendered.of_kind(kind)
                         if r["metadata"]["labels"]["app.kubernetes.io/component"] == "controller"]
     assert any("pods/eviction" in rule["resources"] for r in controller_roles for rule in r["rules"])
+
+
+def readme_rbac_rows() -> dict[str, str]:
+    """The README's RBAC table: ServiceAccount -> the text of its rule column, all rows joined."""
+    from .chartlib import REPO_DIR
+
+    readme = (REPO_DIR / "README.md").read_text()
+    section = readme.split("### RBAC: what each ServiceAccount can do", 1)[1].split("\n### ", 1)[0]
+    rows: dict[str, str] = {}
+    for line in section.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 5 and cells[0] in ("controller", "agent"):
+            rows[cells[0]] = rows.get(cells[0], "") + " " + cells[1]
+    return rows
+
+
+def test_readme_rbac_table_names_every_grant(case: Rendered) -> None:
+    """Every resource and verb a role grants is in the README's row for its ServiceAccount."""
+    rows = readme_rbac_rows()
+    for kind in ROLE_KINDS:
+        for role in case.of_kind(kind):
+            account = role["metadata"]["labels"]["app.kubernetes.io/component"]
+            text = rows[account]
+            for rule in role["rules"]:
+                for resource in rule["resources"]:
+                    group = rule["apiGroups"][0]
+                    assert (f"`{group}` {resource}" if group and group != "coordination.k8s.io" else resource) \
+                        in text or f"`{resource}`" in text, (account, resource)
+                    for verb in rule["verbs"]:
+                        assert verb in text, (account, resource, verb)
+    assert "nodes/proxy" not in rows["controller"] + rows["agent"]

@@ -571,6 +571,20 @@ def test_requests_are_counted_by_resource(path: str, resource: str) -> None:
     assert _resource_of(path) == resource
 
 
+@pytest.mark.parametrize(("path", "resource"), [
+    ("/stats/summary", "nodes/stats"),
+    ("/metrics/resource", "nodes/metrics"),
+    ("/logs/", "nodes/log"),
+    ("/pods", "nodes/proxy"),
+    ("/configz", "nodes/proxy"),
+    ("/exec/ns/pod/c?command=id", "nodes/proxy"),
+])
+def test_kubelet_requests_are_counted_as_the_kubelet_authorizes_them(path: str, resource: str) -> None:
+    from memwatch.kube import _kubelet_resource
+
+    assert _kubelet_resource(path) == resource
+
+
 def test_auto_source_discovery_is_not_counted_as_a_usage_read(api: KubeletApiServer) -> None:
     kube = api.kube()
     recs = records(100)
