@@ -3,7 +3,8 @@
 Everything goes through :class:`Kube`: raw JSON in and out (typed models cost ~20x the time and
 memory on large lists), paged LISTs, WATCH streams with bookmarks, and the few writes memwatch
 makes: evictions, deletions, Events and its leader Lease. Only :mod:`memwatch.enforcer` calls the
-pod writes; an architecture test checks that no other module does.
+pod writes; an architecture test checks that no other module does. :class:`KubeletClient` reads
+nodes' kubelets directly (the kubelet usage source), with the same credentials.
 
 Every request is counted by (verb, resource) so tests and benchmarks can prove that requests per
 sweep do not grow with the number of pods.
