@@ -92,10 +92,12 @@ class MetricsApiSource:
                     continue
                 ts = parse_time(item.get("timestamp"))
                 window = _window(item.get("window"))
+                listed = item.get("containers")
                 containers = _container_bytes(
-                    (c.get("name"), (c.get("usage") or {}).get("memory")) for c in item.get("containers") or ())
-                if ts is None or window is None or containers is None:
-                    continue  # malformed: treated as missing, never acted on
+                    (c.get("name"), _mapping(c.get("usage")).get("memory"))
+                    for c in (listed if isinstance(listed, list) else ()) if isinstance(c, dict))
+                if ts is None or window is None or not containers:
+                    continue  # malformed or empty: treated as missing, never acted on
                 # Keyed by name, so the sample may be a predecessor's (a StatefulSet pod recreated
                 # under its name): it counts only if its window began after this pod started.
                 if _predates(by_uid[uid], ts - window, containers):

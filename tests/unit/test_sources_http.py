@@ -169,6 +169,10 @@ def test_sweep_makes_one_usage_request_whatever_the_pod_count(api: FakeApiServer
     {"timestamp": "yesterday"},
     {"containers": [{"name": "app", "usage": {"memory": "lots"}}]},
     {"metadata": {"name": "p0"}},  # no namespace
+    {"containers": "app"},
+    {"containers": [["app", "300Mi"]]},
+    {"containers": [{"name": "app", "usage": "300Mi"}]},
+    {"window": "a while"},
 ])
 def test_malformed_metrics_items_are_ignored(api: FakeApiServer, bad: dict[str, Any]) -> None:
     recs = records(2)
