@@ -382,7 +382,9 @@ class Agent:
                 self._kill(rec, st, usage, trigger, container, "memwatch.io/action: restart",
                            predicted is not None)
                 return
-            self._cannot_kill(rec, trigger)  # said once per pod; evicted instead
+            self._cannot_kill(rec, trigger)  # said once per pod; evicted instead (when allowed)
+        if not self.settings.evict:
+            return  # --evict=false: API actions are the controller's (it acts on this pod itself)
         self._submit_enforcer(rec, st, trigger, predicted is not None)
 
     def _cannot_kill(self, rec: PodRecord, trigger: Trigger) -> None:
@@ -390,8 +392,9 @@ class Agent:
         if self.recorder.already(rec.uid, [REASON_KILL_UNAVAILABLE]):
             return
         self.recorder.remember(rec.uid, REASON_KILL_UNAVAILABLE)
+        then = "evicting instead" if self.settings.evict else "left to the controller (--evict=false)"
         self._record(self._line("kill-unavailable", rec, trigger, None,
-                                f"memwatch.io/action: restart, but {self.capability.reason}; evicting instead"),
+                                f"memwatch.io/action: restart, but {self.capability.reason}; {then}"),
                      REASON_KILL_UNAVAILABLE, warning=True)
 
     def _horizon(self, policy: Policy) -> float:
@@ -495,8 +498,8 @@ class Agent:
                 continue
             now = self.clock.wall()
             trigger = Trigger(breach, life.usage.source, life.usage.timestamp, life.crossed_at or now, now)
-            if rec.policy.action is Action.RESTART and not self.settings.dry_run:
-                continue  # the kill rung acts on samples, not on retries
+            if (rec.policy.action is Action.RESTART and not self.settings.dry_run) or not self.settings.evict:
+                continue  # the kill rung acts on samples, not on retries; --evict=false: no API actions
             self._submit_enforcer(rec, st, trigger, False)
 
     def _learn(self, kind: str, seconds: float) -> None:

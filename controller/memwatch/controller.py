@@ -57,7 +57,10 @@ class Controller:
                 raise ValueError("--defer-to-agents needs $POD_NAMESPACE (the namespace of the agent pods)")
             self.watchers.append(PodWatcher(self.kube, self.agents, settings.pod_namespace, settings.agent_selector,
                                             field_selector="", resource="pods"))
-        self.source = source or make_source(settings.source, self.kube, settings.namespaces, settings.label_selector)
+        self.source = source or make_source(
+            settings.source, self.kube, settings.namespaces, settings.label_selector,
+            kubelet_ca_file=settings.kubelet_ca_file, kubelet_insecure_tls=settings.kubelet_insecure_tls,
+            kubelet_address_types=settings.kubelet_preferred_address_types)
         self.leader: LeaderElector | None = None
         if settings.leader_elect:
             if not settings.leader_election_namespace:

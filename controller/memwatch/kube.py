@@ -3,7 +3,8 @@
 Everything goes through :class:`Kube`: raw JSON in and out (typed models cost ~20x the time and
 memory on large lists), paged LISTs, WATCH streams with bookmarks, and the few writes memwatch
 makes: evictions, deletions, Events and its leader Lease. Only :mod:`memwatch.enforcer` calls the
-pod writes; an architecture test checks that no other module does.
+pod writes; an architecture test checks that no other module does. :class:`KubeletClient` reads
+nodes' kubelets directly (the kubelet usage source), with the same credentials.
 
 Every request is counted by (verb, resource) so tests and benchmarks can prove that requests per
 sweep do not grow with the number of pods.
@@ -15,7 +16,9 @@ import collections
 import contextlib
 import json
 import logging
+import ssl
 import threading
+import warnings
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -137,18 +140,27 @@ class Kube:
         """The connection this client uses (server, CA, client cert, token), for kopf's login,
         so kopf and memwatch always talk to the same cluster as the same identity."""
         cfg = self.api.configuration
-        token = cfg.get_api_key_with_prefix("BearerToken") or ""
         return {
             "server": cfg.host,
             "ca_path": cfg.ssl_ca_cert or None,
             "insecure": not cfg.verify_ssl,
             "certificate_path": cfg.cert_file or None,
             "private_key_path": cfg.key_file or None,
-            # The in-cluster loader writes "bearer <token>", kubeconfig "Bearer <token>".
-            "token": (token.split(" ", 1)[1] if token.lower().startswith("bearer ") else token).strip() or None,
+            "token": self.token(),
             "username": cfg.username or None,
             "password": cfg.password or None,
         }
+
+    def token(self) -> str | None:
+        """The bearer token this client sends, re-read where the loader refreshes it (in-cluster)."""
+        token = self.api.configuration.get_api_key_with_prefix("BearerToken") or ""
+        # The in-cluster loader writes "bearer <token>", kubeconfig "Bearer <token>".
+        return (token.split(" ", 1)[1] if token.lower().startswith("bearer ") else token).strip() or None
+
+    def count(self, verb: str, resource: str) -> None:
+        """Count a request made outside :meth:`_request` (the kubelet client's)."""
+        with self._lock:
+            self.requests[(verb, resource)] += 1
 
     # -- plumbing ------------------------------------------------------------------------------
     def _request(self, method: str, path: str, query: Mapping[str, Any] | None = None,
@@ -160,8 +172,7 @@ class Kube:
             headers["Content-Type"] = content_type
         method, url, headers, _, _ = self.api.param_serialize(
             method, path, query_params=params, header_params=headers, auth_settings=["BearerToken"])
-        with self._lock:
-            self.requests[(method, _resource_of(path))] += 1
+        self.count(method, _resource_of(path))
         t = timeout if timeout is not None else self.timeout
         try:
             resp = self.api.rest_client.pool_manager.request(
@@ -188,6 +199,11 @@ class Kube:
         """GET and decode JSON."""
         resp = self._request("GET", path, query, timeout=timeout)
         return json.loads(resp.data)
+
+    def get_node(self, name: str) -> dict[str, Any]:
+        """One Node object (the kubelet source reads its addresses and kubelet port)."""
+        node: dict[str, Any] = self.get_json(f"/api/v1/nodes/{quote(name)}", timeout=10)
+        return node
 
     def get_json_or_none(self, path: str, query: Mapping[str, Any] | None = None) -> Any:
         """GET and decode JSON; None when the object does not exist (404)."""
@@ -335,3 +351,84 @@ class Kube:
     def replace_lease(self, namespace: str, name: str, body: Mapping[str, Any]) -> WriteResult:
         return self._write(
             "PUT", f"/apis/coordination.k8s.io/v1/namespaces/{quote(namespace)}/leases/{quote(name)}", body)
+
+
+class KubeletClient:
+    """HTTPS straight to each node's kubelet, as metrics-server does, never through the API server.
+
+    The API server's node proxy needs `nodes/proxy`, which a kubelet with webhook authorization
+    also accepts for exec, logs and configz; a direct GET of `/stats/summary` needs only
+    `nodes/stats` (the kubelet asks the API server whether the caller may `get nodes/stats`).
+    It sends the same credentials as :class:`Kube` (the ServiceAccount's token, re-read as it
+    rotates) and keeps one connection pool per kubelet.
+
+    TLS: the kubelet's serving certificate is verified against ``ca_file``, else the cluster CA the
+    API client trusts. ``insecure`` turns verification off, for clusters (kind, kubeadm defaults)
+    whose kubelets serve self-signed certificates that no CA signs.
+    """
+
+    def __init__(self, kube: Kube, ca_file: str | None = None, insecure: bool = False,
+                 timeout: float = 10.0) -> None:
+        cfg = kube.api.configuration
+        if ca_file and not insecure:
+            try:  # a bad file is a start-up error, not a failure at every sweep
+                ssl.create_default_context(cafile=ca_file)
+            except (OSError, ssl.SSLError, ValueError) as exc:
+                raise ValueError(f"--kubelet-ca-file {ca_file!r} is not a readable PEM file of CA certificates "
+                                 f"({exc})") from None
+        self.kube = kube
+        self.timeout = timeout
+        self.insecure = insecure
+        self.ca_file = None if insecure else (ca_file or cfg.ssl_ca_cert or None)
+        if insecure:
+            # Said once at start-up by the source; urllib3 would otherwise warn on every request.
+            warnings.filterwarnings("ignore", category=urllib3.exceptions.InsecureRequestWarning)
+        # 5,000 nodes is Kubernetes' supported maximum: every kubelet keeps its pool (one socket).
+        self._pools = urllib3.PoolManager(
+            num_pools=5000, maxsize=1, block=False,
+            cert_reqs="CERT_NONE" if insecure else "CERT_REQUIRED", ca_certs=self.ca_file,
+            cert_file=cfg.cert_file or None, key_file=cfg.key_file or None)
+
+    def get_json(self, host: str, port: int, path: str) -> Any:
+        """GET ``path`` from the kubelet at ``host:port`` and decode JSON.
+
+        Raises :class:`ApiError`: status 0 when it cannot be reached or its certificate is not
+        trusted (the message says which, and what to do), else the kubelet's HTTP status.
+        """
+        netloc = f"[{host}]" if ":" in host else host
+        url = f"https://{netloc}:{port}{path}"
+        headers = {"Accept": "application/json"}
+        token = self.kube.token()
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        self.kube.count("GET", _kubelet_resource(path))
+        try:
+            resp = self._pools.request("GET", url, headers=headers, preload_content=False, retries=False,
+                                       timeout=urllib3.Timeout(connect=min(self.timeout, 5.0), read=self.timeout))
+        except urllib3.exceptions.SSLError as exc:
+            trusted = f"the CA in {self.ca_file}" if self.ca_file else "the system's CAs"
+            raise ApiError(0, "kubelet certificate not trusted", (
+                f"{url}: {exc}. Its serving certificate is not signed by {trusted}: pass the CA that "
+                "signs kubelet serving certificates with --kubelet-ca-file, or, on clusters whose "
+                "kubelets use self-signed certificates (kind), --kubelet-insecure-tls")) from exc
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            raise ApiError(0, "kubelet unreachable", f"{url}: {exc}") from exc
+        try:
+            data = resp.read()
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            raise ApiError(0, "kubelet stream interrupted", f"{url}: {exc}") from exc
+        finally:
+            resp.release_conn()
+        if resp.status >= 400:
+            hint = ""
+            if resp.status in (401, 403):
+                hint = f" (the kubelet refused memwatch's credentials: it needs `get` on {_kubelet_resource(path)})"
+            raise ApiError(resp.status, resp.reason or "", data.decode("utf-8", "replace")[:300] + hint)
+        return json.loads(data)
+
+
+def _kubelet_resource(path: str) -> str:
+    """The RBAC subresource a kubelet with webhook authorization checks for ``path``."""
+    first = path.lstrip("/").split("/", 1)[0].split("?", 1)[0]
+    return {"stats": "nodes/stats", "metrics": "nodes/metrics", "logs": "nodes/log", "spec": "nodes/spec",
+            "checkpoint": "nodes/checkpoint"}.get(first, "nodes/proxy")

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from memwatch.policy import ContainerSpec, Defaults, InvalidPolicy, Policy, Problem, is_watched, resolve
-from memwatch.quantity import QuantityError, parse_bytes
+from memwatch.quantity import QuantityError, parse_bytes, parse_time
 
 #: kubelet marks mirror pods (the API shadow of a static pod) with this annotation.
 MIRROR_ANNOTATION = "kubernetes.io/config.mirror"
@@ -41,6 +41,8 @@ class PodRecord:
     problems: tuple[Problem, ...]
     warnings: tuple[str, ...]
     qos_class: str | None = None
+    started_at: float | None = None  # status.startTime, epoch seconds (None: not started, or unknown)
+    containers_started: tuple[tuple[str, float], ...] = ()  # (name, running.startedAt) of running containers
 
     @property
     def key(self) -> str:
@@ -114,7 +116,20 @@ def build_record(pod: Mapping[str, Any], defaults: Defaults,
         problems=problems,
         warnings=tuple(warnings),
         qos_class=status.get("qosClass"),
+        started_at=parse_time(status.get("startTime")),
+        containers_started=_containers_started(status),
     )
+
+
+def _containers_started(status: Mapping[str, Any]) -> tuple[tuple[str, float], ...]:
+    """When each running container (native sidecars included) last (re)started."""
+    out = []
+    statuses = [cs for key in ("containerStatuses", "initContainerStatuses") for cs in status.get(key) or ()]
+    for cs in statuses:
+        started = parse_time(((cs.get("state") or {}).get("running") or {}).get("startedAt"))
+        if cs.get("name") and started is not None:
+            out.append((str(cs["name"]), started))
+    return tuple(out)
 
 
 class PodIndex:

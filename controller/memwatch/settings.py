@@ -87,6 +87,26 @@ def _percent(text: str) -> float:
     return pct
 
 
+def _boolean(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"{text!r} is not true or false")
+
+
+ADDRESS_TYPES = ("InternalIP", "Hostname", "InternalDNS", "ExternalIP", "ExternalDNS")
+
+
+def _address_types(text: str) -> tuple[str, ...]:
+    types = tuple(t.strip() for t in text.split(",") if t.strip())
+    unknown = [t for t in types if t not in ADDRESS_TYPES]
+    if not types or unknown:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a comma-separated list of {', '.join(ADDRESS_TYPES)}")
+    return types
+
+
 @dataclass(frozen=True)
 class Option:
     """One flag: its name, type, default and help. ``repeat`` flags take a list (env: commas)."""
@@ -159,6 +179,12 @@ RUN: tuple[Option, ...] = (
     Option("--agent-selector", "label selector of the memwatch agent pods (in the controller's namespace)",
            type=_selector, default="app.kubernetes.io/name=memwatch,app.kubernetes.io/component=agent",
            metavar="SELECTOR"),
+    Option("--kubelet-ca-file", "CA bundle (PEM) that signs the kubelets' serving certificates, for the kubelet "
+           "source (default: the cluster CA memwatch trusts for the API server)", metavar="PATH"),
+    Option("--kubelet-insecure-tls", "do not verify the kubelets' serving certificates: only for clusters whose "
+           "kubelets serve self-signed certificates (kind, kubeadm's default)", boolean=True),
+    Option("--kubelet-preferred-address-types", "the Node address types tried, in order, to reach its kubelet",
+           type=_address_types, default="InternalIP,Hostname,InternalDNS,ExternalIP", metavar="TYPES"),
     Option("--leader-elect", "run several replicas; only the holder of a Lease acts", boolean=True),
     Option("--leader-election-namespace", "namespace of the Lease (default: $POD_NAMESPACE)", metavar="NS"),
     Option("--leader-election-name", "name of the Lease", default="memwatch", metavar="NAME"),
@@ -172,6 +198,9 @@ AGENT: tuple[Option, ...] = (
            metavar="DURATION"),
     Option("--max-sample-age", "never act on a usage sample older than this (cgroup samples are fresh; "
            "the psutil fallback's are up to 1s old)", type=_positive_duration, default=2.0, metavar="DURATION"),
+    Option("--evict", "let the agent evict or delete pods itself; false: it only kills in place (kill rung) and "
+           "leaves every API action to the controller (for agents without eviction RBAC)", type=_boolean,
+           default=True, metavar="BOOL"),
     Option("--kill", "enable the last-resort kill rung: SIGKILL a container's processes when usage passes "
            "--kill-ceiling and the eviction has not taken effect within --kill-after, or at once when its "
            "hard limit is about to be crossed (needs hostPID)", boolean=True),
@@ -257,6 +286,9 @@ class Settings:
     max_per_namespace_per_minute: int = 5
     defer_to_agents: str = "none"
     agent_selector: str = "app.kubernetes.io/name=memwatch,app.kubernetes.io/component=agent"
+    kubelet_ca_file: str | None = None
+    kubelet_insecure_tls: bool = False
+    kubelet_preferred_address_types: tuple[str, ...] = ("InternalIP", "Hostname", "InternalDNS", "ExternalIP")
     leader_elect: bool = False
     leader_election_namespace: str | None = None
     leader_election_name: str = "memwatch"
@@ -264,6 +296,7 @@ class Settings:
     node_name: str | None = None
     cgroup_root: str = "/sys/fs/cgroup"
     sample_period: float = 0.1
+    evict: bool = True
     kill: bool = False
     kill_ceiling: float = 95.0
     kill_after: float = 1.0
@@ -293,7 +326,8 @@ class Settings:
                             for_seconds=args.default_for, escalate=args.escalate)
         extra: dict[str, Any] = {}
         for name in ("source", "interval", "leader_elect", "leader_election_name", "cgroup_root",
-                     "defer_to_agents", "agent_selector", "controller_runs",
+                     "defer_to_agents", "agent_selector", "controller_runs", "evict",
+                     "kubelet_ca_file", "kubelet_insecure_tls", "kubelet_preferred_address_types",
                      "sample_period", "kill", "kill_ceiling", "kill_after", "memory_ceiling"):
             if hasattr(args, name):
                 extra[name] = getattr(args, name)
@@ -302,6 +336,8 @@ class Settings:
                            ("node_max_evictions_per_minute", "node_max_per_minute")):
             if hasattr(args, name):
                 extra[dest] = getattr(args, name)
+        if getattr(args, "kubelet_ca_file", None) and getattr(args, "kubelet_insecure_tls", False):
+            raise ValueError("--kubelet-ca-file and --kubelet-insecure-tls exclude each other")
         if hasattr(args, "leader_election_namespace"):
             extra["leader_election_namespace"] = args.leader_election_namespace or pod_namespace
         if hasattr(args, "node_name"):

@@ -2,32 +2,40 @@
 
 * :class:`MetricsApiSource`: ``metrics.k8s.io/v1beta1`` PodMetrics (metrics-server). One LIST per
   sweep, cluster-wide or one per watched namespace.
-* :class:`KubeletSource`: the kubelet Summary API through the API server's node proxy. One GET per
-  node that hosts watched pods. Needs no metrics-server.
+* :class:`KubeletSource`: each node's kubelet Summary API, read directly (as metrics-server does,
+  never through the API server's node proxy). One GET per node that hosts watched pods. Needs no
+  metrics-server.
 * :class:`AutoSource`: metrics-api while it is served, else kubelet; re-checks every minute.
 
 Each returns working-set bytes (the kubelet's and metrics-server's definition) with the time the
-sample was taken, so the sweep can refuse to act on stale data. The node agent's cgroup reader
+sample was taken, so the sweep can refuse to act on stale data, and leave out (counting them in
+``skipped``) samples that may belong to an earlier pod or container of the same name. The node agent's cgroup reader
 (:mod:`memwatch.cgroups`) implements the same protocol.
 """
 
 from __future__ import annotations
 
+import collections
 import logging
+import random
+import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import quote
 
-from memwatch.kube import ApiError, Kube
+from memwatch.kube import ApiError, Kube, KubeletClient
 from memwatch.podindex import PodRecord
 from memwatch.policy import Usage
-from memwatch.quantity import QuantityError, parse_bytes, parse_time
+from memwatch.quantity import QuantityError, parse_bytes, parse_duration, parse_time
 
 log = logging.getLogger("memwatch.sources")
 
 METRICS_GROUP_VERSION = "metrics.k8s.io/v1beta1"
+#: Why a sample was left out: its window began before the pod, or one of its containers, started.
+PREDATES_POD = "predates-pod"
 
 
 class SourceError(Exception):
@@ -53,6 +61,8 @@ class MetricsApiSource:
         self.kube = kube
         self.namespaces = tuple(namespaces)
         self.label_selector = label_selector
+        #: Samples of the last fetch left out, by reason (``predates-pod``).
+        self.skipped: collections.Counter[str] = collections.Counter()
 
     def _paths(self) -> list[str]:
         base = f"/apis/{METRICS_GROUP_VERSION}"
@@ -61,7 +71,9 @@ class MetricsApiSource:
         return [f"{base}/namespaces/{quote(ns)}/pods" for ns in self.namespaces]
 
     def fetch(self, records: Sequence[PodRecord]) -> dict[str, Usage]:
+        self.skipped = collections.Counter()
         by_key = {(r.namespace, r.name): r.uid for r in records}
+        by_uid = {r.uid: r for r in records}
         out: dict[str, Usage] = {}
         if not by_key:
             return out
@@ -70,18 +82,54 @@ class MetricsApiSource:
                 data = self.kube.get_json(path, {"labelSelector": self.label_selector})
             except ApiError as exc:
                 raise SourceError(f"metrics-api: {exc}") from exc
-            for item in data.get("items") or ():
-                meta = item.get("metadata") or {}
+            items = _mapping(data).get("items")
+            for item in items if isinstance(items, list) else ():
+                if not isinstance(item, dict):
+                    continue
+                meta = _mapping(item.get("metadata"))
                 uid = by_key.get((str(meta.get("namespace")), str(meta.get("name"))))
                 if uid is None:
                     continue
                 ts = parse_time(item.get("timestamp"))
+                window = _window(item.get("window"))
+                listed = item.get("containers")
                 containers = _container_bytes(
-                    (c.get("name"), (c.get("usage") or {}).get("memory")) for c in item.get("containers") or ())
-                if ts is None or containers is None:
-                    continue  # malformed: treated as missing, never acted on
+                    (c.get("name"), _mapping(c.get("usage")).get("memory"))
+                    for c in (listed if isinstance(listed, list) else ()) if isinstance(c, dict))
+                if ts is None or window is None or not containers:
+                    continue  # malformed or empty: treated as missing, never acted on
+                # Keyed by name, so the sample may be a predecessor's (a StatefulSet pod recreated
+                # under its name): it counts only if its window began after this pod started.
+                if _predates(by_uid[uid], ts - window, containers):
+                    self.skipped[PREDATES_POD] += 1
+                    continue
                 out[uid] = Usage(containers, ts, self.name)
         return out
+
+
+def _window(value: Any) -> float | None:
+    """A PodMetrics window (`15s`, `10.036s`) in seconds; 0 when absent, None when garbled."""
+    if value is None:
+        return 0.0
+    try:
+        return parse_duration(str(value))
+    except QuantityError:
+        return None
+
+
+def _predates(record: PodRecord, window_start: float, containers: Iterable[str]) -> bool:
+    """Whether a sample measured from ``window_start`` on may describe an earlier pod or container.
+
+    It must start after the pod started and after each of its containers last (re)started. A pod
+    that has not started (Pending, no startTime) has no sample of its own yet; a start time that
+    is unknown otherwise (a status without it) is not held against the sample.
+    """
+    if record.started_at is None:
+        return record.phase == "Pending"
+    if window_start <= record.started_at:
+        return True
+    started = dict(record.containers_started)
+    return any(window_start <= started[name] for name in containers if name in started)
 
 
 def _container_bytes(pairs: Iterable[tuple[Any, Any]]) -> dict[str, int] | None:
@@ -96,25 +144,134 @@ def _container_bytes(pairs: Iterable[tuple[Any, Any]]) -> dict[str, int] | None:
     return out
 
 
+#: Node address types tried in order for each kubelet (metrics-server's default order).
+DEFAULT_ADDRESS_TYPES = ("InternalIP", "Hostname", "InternalDNS", "ExternalIP")
+#: The kubelet's port when the Node does not say (status.daemonEndpoints.kubeletEndpoint.Port).
+DEFAULT_KUBELET_PORT = 10250
+
+
+class NodeLookupError(Exception):
+    """The Node object is missing, unreadable, or names no usable kubelet address."""
+
+
+def kubelet_endpoint(node: Mapping[str, Any], address_types: Sequence[str] = DEFAULT_ADDRESS_TYPES) -> tuple[str, int]:
+    """The kubelet's (address, port) from a Node object: the first address of a preferred type."""
+    status = _mapping(node.get("status"))
+    listed = status.get("addresses")
+    addresses = [a for a in listed if isinstance(a, Mapping)] if isinstance(listed, list) else []
+    port = _mapping(_mapping(status.get("daemonEndpoints")).get("kubeletEndpoint")).get("Port")
+    if not isinstance(port, int) or not 0 < port < 65536:
+        port = DEFAULT_KUBELET_PORT
+    for kind in address_types:
+        for address in addresses:
+            if address.get("type") == kind and address.get("address"):
+                return str(address["address"]), port
+    found = ", ".join(f"{a.get('type')}={a.get('address')}" for a in addresses) or "none"
+    raise NodeLookupError(f"no address of type {', '.join(address_types)} (it has: {found})")
+
+
+def _mapping(value: Any) -> Mapping[str, Any]:
+    return value if isinstance(value, Mapping) else {}
+
+
+@dataclass(slots=True)
+class _NodeEntry:
+    endpoint: tuple[str, int] | None
+    error: str | None
+    fetched: float
+    expires: float
+
+
+class NodeDirectory:
+    """Where each node's kubelet listens, from the Node objects: one GET per node, then cached.
+
+    A node is read when first needed, again after ``ttl`` (spread by up to a fifth, so that nodes
+    seen together are not all re-read in one sweep), and again after its kubelet failed (its
+    address may have changed), at most once per ``retry`` seconds. So the usage requests of a
+    steady sweep are the kubelets' alone: no Node LIST, no per-sweep GET.
+    """
+
+    def __init__(self, kube: Kube, address_types: Sequence[str] = DEFAULT_ADDRESS_TYPES, ttl: float = 600.0,
+                 retry: float = 30.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self.kube = kube
+        self.address_types = tuple(address_types)
+        self.ttl, self.retry, self.clock = ttl, retry, clock
+        self._entries: dict[str, _NodeEntry] = {}
+        self._lock = threading.Lock()
+
+    def endpoint(self, node: str) -> tuple[str, int]:
+        """The kubelet address of ``node``; raises :class:`NodeLookupError`."""
+        now = self.clock()
+        with self._lock:
+            entry = self._entries.get(node)
+        if entry is None or now >= entry.expires:
+            entry = self._read(node, now, entry)
+            with self._lock:
+                self._entries[node] = entry
+        if entry.endpoint is None:
+            raise NodeLookupError(entry.error or "unknown")
+        return entry.endpoint
+
+    def _read(self, node: str, now: float, old: _NodeEntry | None) -> _NodeEntry:
+        try:
+            endpoint = kubelet_endpoint(_mapping(self.kube.get_node(node)), self.address_types)
+        except (ApiError, ValueError, NodeLookupError) as exc:
+            # Keep a known address through an API outage; ask again after `retry`.
+            return _NodeEntry(old.endpoint if old else None, f"reading its Node: {exc}", now, now + self.retry)
+        return _NodeEntry(endpoint, None, now, now + self.ttl * random.uniform(0.8, 1.0))
+
+    def failed(self, node: str) -> None:
+        """The kubelet at the cached address failed: read the Node again, at most every ``retry``."""
+        with self._lock:
+            entry = self._entries.get(node)
+            if entry is not None:
+                entry.expires = min(entry.expires, entry.fetched + self.retry)
+
+    def forget_except(self, nodes: Iterable[str]) -> None:
+        """Drop nodes that host no watched pod any more (bounded memory as nodes come and go)."""
+        keep = set(nodes)
+        with self._lock:
+            for name in [n for n in self._entries if n not in keep]:
+                del self._entries[name]
+
+
 class KubeletSource:
-    """The kubelet Summary API through the node proxy: one GET per node hosting watched pods."""
+    """Each node's kubelet Summary API, read directly: one GET per node hosting watched pods.
+
+    Reads ``https://<node address>:<kubelet port>/stats/summary`` as metrics-server does, with
+    only `nodes/stats` get (and `nodes` get for the addresses), never the API server's node proxy.
+    """
 
     name = "kubelet"
 
-    def __init__(self, kube: Kube, parallelism: int = 8) -> None:
+    def __init__(self, kube: Kube, kubelet: KubeletClient | None = None, nodes: NodeDirectory | None = None,
+                 parallelism: int = 8) -> None:
         self.kube = kube
+        self.kubelet = kubelet or KubeletClient(kube)
+        self.nodes = nodes or NodeDirectory(kube)
         self.parallelism = parallelism
+        self.skipped: collections.Counter[str] = collections.Counter()
         self._failing: dict[str, str] = {}  # node → last error, to log changes only
 
     def _summary(self, node: str) -> dict[str, Any]:
-        data: dict[str, Any] = self.kube.get_json(f"/api/v1/nodes/{quote(node)}/proxy/stats/summary",
-                                                  timeout=10)
+        try:
+            host, port = self.nodes.endpoint(node)
+        except NodeLookupError as exc:
+            raise ValueError(str(exc)) from exc
+        try:
+            data: dict[str, Any] = self.kubelet.get_json(host, port, "/stats/summary")
+        except ApiError as exc:
+            if exc.status == 0:
+                self.nodes.failed(node)
+            raise
         return data
 
     def fetch(self, records: Sequence[PodRecord]) -> dict[str, Usage]:
-        wanted = {r.uid for r in records}
+        self.skipped = collections.Counter()
+        wanted = {r.uid: r for r in records}
         nodes = sorted({r.node for r in records if r.node})
         out: dict[str, Usage] = {}
+        self.nodes.forget_except(nodes)
         if not nodes:
             return out
         failures: list[str] = []
@@ -124,14 +281,20 @@ class KubeletSource:
             if error is not None:
                 failures.append(f"{node}: {error}")
                 continue
-            for pod in (summary or {}).get("pods") or ():
-                ref = pod.get("podRef") or {}
-                uid = ref.get("uid")
-                if uid not in wanted:
+            pods = _mapping(summary).get("pods")
+            for pod in pods if isinstance(pods, list) else ():
+                if not isinstance(pod, dict):
+                    continue
+                record = wanted.get(str(_mapping(pod.get("podRef")).get("uid")))
+                if record is None:
                     continue
                 usage = _summary_usage(pod, self.name)
-                if usage is not None:
-                    out[uid] = usage
+                if usage is None:
+                    continue
+                if _predates(record, usage.timestamp, usage.containers):
+                    self.skipped[PREDATES_POD] += 1
+                    continue
+                out[record.uid] = usage
         self._report(nodes, failures)
         if failures and len(failures) == len(nodes):
             raise SourceError("kubelet: every node failed: " + "; ".join(failures)[:500])
@@ -143,7 +306,7 @@ class KubeletSource:
         for node, error in failed.items():
             if node not in self._failing:
                 log.warning("kubelet source: node %s failed: %s (its pods are not acted on until it answers; "
-                            "logged again when it recovers)", node, error[:300])
+                            "logged again when it recovers)", node, error[:500])
         for node in [n for n in self._failing if n in nodes and n not in failed]:
             log.info("kubelet source: node %s answers again", node)
         self._failing = {n: e for n, e in self._failing.items() if n not in nodes} | failed
@@ -159,22 +322,29 @@ def _summary_usage(pod: dict[str, Any], source: str) -> Usage | None:
     """Working set of one pod entry in a kubelet Summary."""
     containers: dict[str, int] = {}
     times: list[float] = []
-    for c in pod.get("containers") or ():
-        mem = c.get("memory") or {}
+    listed = pod.get("containers")
+    for c in listed if isinstance(listed, list) else ():
+        if not isinstance(c, dict):
+            continue
+        mem = _mapping(c.get("memory"))
         ws = mem.get("workingSetBytes")
         if c.get("name") and isinstance(ws, int):
             containers[c["name"]] = ws
             t = parse_time(mem.get("time"))
             if t is not None:
                 times.append(t)
-    pod_mem = pod.get("memory") or {}
+    pod_mem = _mapping(pod.get("memory"))
     pod_ws = pod_mem.get("workingSetBytes")
-    pod_t = parse_time(pod_mem.get("time"))
-    if pod_t is not None:
-        times.append(pod_t)
+    if not times:
+        # The pod-level time lags its own figure (a new pod's reads as the second it started while
+        # its value is current), so it dates the sample only when no container has a time.
+        pod_t = parse_time(pod_mem.get("time"))
+        if pod_t is not None:
+            times.append(pod_t)
     if not times or (not containers and not isinstance(pod_ws, int)):
         return None
-    # The oldest timestamp: the sample is only as fresh as its stalest part.
+    # The stalest container time, not the freshest: the sample has one time, and it must hold for
+    # every container's figure, or a container whose stats stopped would pass as fresh.
     return Usage(containers, min(times), source, pod_ws if isinstance(pod_ws, int) else None)
 
 
@@ -191,6 +361,15 @@ class AutoSource:
         self.clock = clock
         self.current: UsageSource | None = None
         self._checked_at = -1e18
+
+    @property
+    def skipped(self) -> collections.Counter[str]:
+        """The current source's samples left out by its last fetch, by reason."""
+        if self.current is self.metrics:
+            return self.metrics.skipped
+        if self.current is self.kubelet:
+            return self.kubelet.skipped
+        return collections.Counter()
 
     def _choose(self) -> UsageSource:
         now = self.clock()
@@ -220,14 +399,20 @@ class AutoSource:
             raise
 
 
-def make_source(kind: str, kube: Kube, namespaces: Sequence[str] = (), label_selector: str = "") -> UsageSource:
-    """The source for ``--source``."""
+def make_source(kind: str, kube: Kube, namespaces: Sequence[str] = (), label_selector: str = "", *,
+                kubelet_ca_file: str | None = None, kubelet_insecure_tls: bool = False,
+                kubelet_address_types: Sequence[str] = DEFAULT_ADDRESS_TYPES) -> UsageSource:
+    """The source for ``--source``, with the ``--kubelet-*`` TLS and address settings."""
     metrics = MetricsApiSource(kube, namespaces, label_selector)
-    kubelet = KubeletSource(kube)
+    if kind not in ("metrics-api", "kubelet", "auto"):
+        raise ValueError(f"unknown source {kind!r}")
     if kind == "metrics-api":
         return metrics
+    if kubelet_insecure_tls:
+        log.warning("kubelet source: --kubelet-insecure-tls: kubelets' serving certificates are NOT verified "
+                    "(anyone who can intercept node traffic can feed memwatch false usage)")
+    client = KubeletClient(kube, ca_file=kubelet_ca_file, insecure=kubelet_insecure_tls)
+    kubelet = KubeletSource(kube, client, NodeDirectory(kube, kubelet_address_types))
     if kind == "kubelet":
         return kubelet
-    if kind == "auto":
-        return AutoSource(kube, metrics, kubelet)
-    raise ValueError(f"unknown source {kind!r}")
+    return AutoSource(kube, metrics, kubelet)

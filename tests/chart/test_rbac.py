@@ -20,7 +20,8 @@ EVICT: Rule = (("",), ("pods/eviction",), (), ("create",))
 DELETE: Rule = (("",), ("pods",), (), ("delete",))
 EVENTS: Rule = (("",), ("events",), (), ("create", "list", "patch", "watch"))
 METRICS: Rule = (("metrics.k8s.io",), ("pods",), (), ("get", "list"))
-NODE_PROXY: Rule = (("",), ("nodes/proxy",), (), ("get",))
+NODE_STATS: Rule = (("",), ("nodes/stats",), (), ("get",))
+NODE_GET: Rule = (("",), ("nodes",), (), ("get",))
 LEASE_CREATE: Rule = (("coordination.k8s.io",), ("leases",), (), ("create",))
 
 
@@ -49,8 +50,9 @@ def expected_rbac(values: Obj) -> dict[tuple[str, str | None, str], list[Rule]]:
         values["rbac"]["allowDelete"] or values["eviction"]["escalate"] or values["defaultPolicy"]["action"] == "delete"
     )
     pod_rules = [POD_READ, EVICT, EVENTS] + ([DELETE] if can_delete else [])
+    agent_rules = pod_rules if values["agent"]["evict"] else [POD_READ, EVENTS]
     controller_rules = pod_rules + ([METRICS] if values["source"] in ("auto", "metrics-api") else [])
-    cluster_rules = [NODE_PROXY] if values["source"] in ("auto", "kubelet") else []
+    cluster_rules = [NODE_STATS, NODE_GET] if values["source"] in ("auto", "kubelet") else []
     watched = values["namespaces"]
     roles: dict[tuple[str, str | None, str], list[Rule]] = {}
     if not watched:
@@ -60,14 +62,15 @@ def expected_rbac(values: Obj) -> dict[tuple[str, str | None, str], list[Rule]]:
     if cluster_rules:
         roles[("ClusterRole", None, fullname)] = cluster_rules
     # With agents, the controller follows their pods in its own namespace (--defer-to-agents).
-    agent_pods = [POD_READ] if values["agent"]["enabled"] else []
+    agent = values["agent"]
+    agent_pods = [POD_READ] if agent["enabled"] and (agent.get("evict", True) or agent.get("kill")) else []
     roles[("Role", NAMESPACE, f"{fullname}-leader-election")] = [LEASE_CREATE, lease_use(fullname), *agent_pods]
     if values["agent"]["enabled"]:
         if watched:
             for namespace in watched:
-                roles[("Role", namespace, f"{fullname}-agent")] = pod_rules
+                roles[("Role", namespace, f"{fullname}-agent")] = agent_rules
         else:
-            roles[("ClusterRole", None, f"{fullname}-agent")] = pod_rules
+            roles[("ClusterRole", None, f"{fullname}-agent")] = agent_rules
     return {key: sorted(rules) for key, rules in roles.items()}
 
 
@@ -81,6 +84,10 @@ CASES: dict[str, Obj] = {
     "allow-delete": {"rbac": {"allowDelete": True}, "agent": {"enabled": True}},
     "default-action-delete": {"defaultPolicy": {"action": "delete"}},
     "dry-run-default": {"defaultPolicy": {"action": "dry-run"}},
+    "agent-kill-only": {"agent": {"enabled": True, "kill": True, "evict": False}, "eviction": {"escalate": True}},
+    "namespaced-agent-kill-only": {"namespaces": ["team-a"], "agent": {"enabled": True, "evict": False},
+                                   "rbac": {"allowDelete": True}},
+    "agent-admission-policy": {"agent": {"enabled": True, "admissionPolicy": {"enabled": True}}},
 }
 
 
@@ -171,5 +178,73 @@ def test_existing_service_accounts(render: Any) -> None:
 def test_expected_rbac_follows_defaults(chart: Any) -> None:
     """The spec function itself, on the defaults: the issue's list, nothing else."""
     expected = expected_rbac(deep_merge(chart.values, {}))
-    assert expected[("ClusterRole", None, "memwatch")] == sorted([POD_READ, EVICT, EVENTS, METRICS, NODE_PROXY])
+    assert expected[("ClusterRole", None, "memwatch")] == sorted([POD_READ, EVICT, EVENTS, METRICS, NODE_STATS,
+                                                                  NODE_GET])
     assert DELETE not in expected[("ClusterRole", None, "memwatch")]
+
+
+def test_no_node_proxy_anywhere(case: Rendered) -> None:
+    """`nodes/proxy` is exec-equivalent on a kubelet with webhook authorization (issue #10): never granted,
+    nor anything else under nodes/ but stats (and the Node objects themselves)."""
+    for kind in ROLE_KINDS:
+        for role in case.of_kind(kind):
+            for rule in role["rules"]:
+                assert "nodes/proxy" not in rule["resources"], role["metadata"]["name"]
+                assert {r for r in rule["resources"] if r.startswith("nodes")} <= {"nodes", "nodes/stats"}
+                if "nodes" in rule["resources"]:
+                    assert rule["verbs"] == ["get"]
+
+
+def test_no_node_proxy_in_any_ci_values_file(scenario: Rendered) -> None:
+    text = str([role["rules"] for kind in ROLE_KINDS for role in scenario.of_kind(kind)])
+    assert "nodes/proxy" not in text
+
+
+@pytest.mark.parametrize("namespaces", [[], ["team-a", "team-b"]])
+@pytest.mark.parametrize("delete", [False, True])
+def test_kill_only_agent_can_neither_evict_nor_delete(render: Any, namespaces: list[str], delete: bool) -> None:
+    rendered = render({"namespaces": namespaces, "rbac": {"allowDelete": delete},
+                       "agent": {"enabled": True, "kill": True, "evict": False}})
+    agent_roles = [r for kind in ROLE_KINDS for r in rendered.of_kind(kind)
+                   if r["metadata"]["labels"]["app.kubernetes.io/component"] == "agent"]
+    assert len(agent_roles) == max(1, len(namespaces))
+    for role in agent_roles:
+        granted = {(res, verb) for rule in role["rules"] for res in rule["resources"] for verb in rule["verbs"]}
+        assert ("pods/eviction", "create") not in granted and ("pods", "delete") not in granted
+        assert granted == {("pods", "get"), ("pods", "list"), ("pods", "watch"),
+                           ("events", "create"), ("events", "patch"), ("events", "list"), ("events", "watch")}
+    # The controller keeps its own: evictions happen, through it.
+    controller_roles = [r for kind in ROLE_KINDS for r in rendered.of_kind(kind)
+                        if r["metadata"]["labels"]["app.kubernetes.io/component"] == "controller"]
+    assert any("pods/eviction" in rule["resources"] for r in controller_roles for rule in r["rules"])
+
+
+def readme_rbac_rows() -> dict[str, str]:
+    """The README's RBAC table: ServiceAccount -> the text of its rule column, all rows joined."""
+    from .chartlib import REPO_DIR
+
+    readme = (REPO_DIR / "README.md").read_text()
+    section = readme.split("### RBAC: what each ServiceAccount can do", 1)[1].split("\n### ", 1)[0]
+    rows: dict[str, str] = {}
+    for line in section.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 5 and cells[0] in ("controller", "agent"):
+            rows[cells[0]] = rows.get(cells[0], "") + " " + cells[1]
+    return rows
+
+
+def test_readme_rbac_table_names_every_grant(case: Rendered) -> None:
+    """Every resource and verb a role grants is in the README's row for its ServiceAccount."""
+    rows = readme_rbac_rows()
+    for kind in ROLE_KINDS:
+        for role in case.of_kind(kind):
+            account = role["metadata"]["labels"]["app.kubernetes.io/component"]
+            text = rows[account]
+            for rule in role["rules"]:
+                for resource in rule["resources"]:
+                    group = rule["apiGroups"][0]
+                    assert (f"`{group}` {resource}" if group and group != "coordination.k8s.io" else resource) \
+                        in text or f"`{resource}`" in text, (account, resource)
+                    for verb in rule["verbs"]:
+                        assert verb in text, (account, resource, verb)
+    assert "nodes/proxy" not in rows["controller"] + rows["agent"]

@@ -359,6 +359,7 @@ def test_controller_command_line(render: Any) -> None:
         "--max-sample-age=60s",
         "--max-evictions-per-minute=20",
         "--max-evictions-per-namespace-per-minute=5",
+        "--kubelet-preferred-address-types=InternalIP,Hostname,InternalDNS,ExternalIP",
         "--leader-elect",
         "--leader-election-name=memwatch",
         "--leader-election-namespace=memwatch",

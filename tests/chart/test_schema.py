@@ -37,6 +37,14 @@ REJECTED = {
     "unknown-pull-policy": ({"image": {"pullPolicy": "Sometimes"}}, "/image/pullPolicy", "value must be one of"),
     "misspelt-key": ({"dryrun": True}, "additional properties 'dryrun' not allowed", ""),
     "misspelt-nested-key": ({"agent": {"enable": True}}, "/agent", "additional properties 'enable' not allowed"),
+    "string-for-insecure-tls": ({"kubelet": {"insecureTLS": "yes"}}, "/kubelet/insecureTLS", "want boolean"),
+    "not-a-pem-bundle": ({"kubelet": {"caBundle": "/etc/ssl/ca.crt"}}, "/kubelet/caBundle", "does not match pattern"),
+    "unknown-address-type": ({"kubelet": {"preferredAddressTypes": ["PodIP"]}}, "/kubelet/preferredAddressTypes/0",
+                             "value must be one of"),
+    "no-address-type": ({"kubelet": {"preferredAddressTypes": []}}, "/kubelet/preferredAddressTypes", "minItems"),
+    "string-for-evict": ({"agent": {"evict": "false"}}, "/agent/evict", "want boolean"),
+    "misspelt-policy-key": ({"agent": {"admissionPolicy": {"enable": True}}}, "/agent/admissionPolicy",
+                            "additional properties 'enable' not allowed"),
 }
 
 
@@ -59,6 +67,10 @@ def test_schema_rejects(chart: helm_python.Chart, name: str) -> None:
         {"serviceMonitor": {"enabled": True, "interval": "1m30s", "scrapeTimeout": "10s"}},
         {"namespaces": ["team-a"], "excludeNamespaces": ["b"], "protection": {"allowNamespaces": ["kube-system"]}},
         {"global": {"imageRegistry": "example"}},
+        {"kubelet": {"caBundle": "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n",
+                     "preferredAddressTypes": ["Hostname"]}},
+        {"kubelet": {"insecureTLS": True}, "agent": {"enabled": True, "evict": False}},
+        {"agent": {"enabled": True, "admissionPolicy": {"enabled": True}}},
     ],
 )
 def test_schema_accepts(chart: helm_python.Chart, values: dict[str, Any]) -> None:

@@ -34,6 +34,8 @@ SAMPLES: dict[Any, tuple[str, Any]] = {
     s._selector: ("team in (a, b),!canary", "team in (a, b),!canary"),
     s._priority: ("1000", 1000),
     s._percent: ("70%", 70.0),
+    s._boolean: ("false", False),
+    s._address_types: ("Hostname,InternalIP", ("Hostname", "InternalIP")),
 }
 
 TABLES = {"run": COMMON + RUN, "agent": COMMON + AGENT}

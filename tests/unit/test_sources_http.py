@@ -10,28 +10,62 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 
 from memwatch.clock import ManualClock
-from memwatch.kube import Gone
+from memwatch.kube import Gone, Kube, KubeletClient
 from memwatch.lifecycle import Lifecycle
 from memwatch.podindex import PodIndex, PodRecord, build_record
 from memwatch.policy import Defaults
 from memwatch.protections import Protections
 from memwatch.quantity import parse_time
-from memwatch.sources import AutoSource, KubeletSource, MetricsApiSource, SourceError, make_source
+from memwatch.sources import (
+    AutoSource,
+    KubeletSource,
+    MetricsApiSource,
+    NodeDirectory,
+    SourceError,
+    UsageSource,
+    make_source,
+)
 from memwatch.watcher import ACTIVE_PODS, PodWatcher
 
 from .fakeapi import METRICS, FakeApiServer, pod_metrics, summary, summary_pod
+from .fakekubelet import KubeletApiServer, Pki, make_pki
 from .fakes import MI, FakeClock, FakeKube, Rig, make_pod
 
 NOW = "2026-11-28T10:00:00Z"
 NOW_TS = parse_time(NOW)
 METRICS_PODS = METRICS + r"(/namespaces/[^/]+)?/pods"
-SUMMARY = r"/api/v1/nodes/[^/]+/proxy/stats/summary"
+NODE = r"/api/v1/nodes/[^/]+"
+
+
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    return make_pki(tmp_path_factory.mktemp("pki"))
+
+
+@pytest.fixture
+def api(pki: Pki) -> Iterator[KubeletApiServer]:
+    """The fake API server, whose Nodes' kubelets are fake HTTPS servers with CA-signed certificates."""
+    server = KubeletApiServer(pki)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def kubelet_source(kube: Kube, pki: Pki, clock: Callable[[], float] = time.monotonic) -> KubeletSource:
+    """The kubelet source trusting the test CA, as with --kubelet-ca-file."""
+    return KubeletSource(kube, KubeletClient(kube, ca_file=str(pki.ca)), NodeDirectory(kube, clock=clock))
+
+
+def auto_source(kube: Kube, pki: Pki) -> UsageSource:
+    return make_source("auto", kube, kubelet_ca_file=str(pki.ca))
 
 
 def records(n: int, namespaces: tuple[str, ...] = ("shop",), nodes: int = 3) -> list[PodRecord]:
@@ -137,6 +171,10 @@ def test_sweep_makes_one_usage_request_whatever_the_pod_count(api: FakeApiServer
     {"timestamp": "yesterday"},
     {"containers": [{"name": "app", "usage": {"memory": "lots"}}]},
     {"metadata": {"name": "p0"}},  # no namespace
+    {"containers": "app"},
+    {"containers": [["app", "300Mi"]]},
+    {"containers": [{"name": "app", "usage": "300Mi"}]},
+    {"window": "a while"},
 ])
 def test_malformed_metrics_items_are_ignored(api: FakeApiServer, bad: dict[str, Any]) -> None:
     recs = records(2)
@@ -166,20 +204,20 @@ def test_metrics_api_error_is_a_source_error(api: FakeApiServer) -> None:
         MetricsApiSource(api.kube()).fetch(records(1))
 
 
-def test_no_records_no_request(api: FakeApiServer) -> None:
+def test_no_records_no_request(api: KubeletApiServer) -> None:
     kube = api.kube()
-    assert MetricsApiSource(kube).fetch([]) == {} and KubeletSource(kube).fetch([]) == {}
-    assert api.requests() == []
+    assert MetricsApiSource(kube).fetch([]) == {} and kubelet_source(kube, api.pki).fetch([]) == {}
+    assert api.requests() == [] and api.kubelet_requests() == []
 
 
 # ---------------------------------------------------------------------------------------------
-# kubelet Summary through the node proxy
+# kubelet Summary, read from each node's kubelet directly (never the API server's node proxy)
 
 
-def test_kubelet_summary_parses_working_set_and_time(api: FakeApiServer) -> None:
+def test_kubelet_summary_parses_working_set_and_time(api: KubeletApiServer) -> None:
     recs = records(3, nodes=3)
     serve_summaries(api, recs)
-    out = KubeletSource(api.kube()).fetch(recs)
+    out = kubelet_source(api.kube(), api.pki).fetch(recs)
     usage = out["uid-0"]
     assert usage.containers == {"app": 300 * MI, "side": 20 * MI}
     assert usage.pod_bytes == 321 * MI and usage.total == 321 * MI  # the pod cgroup's figure wins
@@ -187,26 +225,146 @@ def test_kubelet_summary_parses_working_set_and_time(api: FakeApiServer) -> None
     assert "uid-unwatched" not in out
 
 
+def test_kubelet_source_goes_straight_to_the_kubelet(api: KubeletApiServer) -> None:
+    """No node proxy: the API server is asked only for Node objects; the Summary comes from the
+    kubelet's own address and port (from the Node), with the ServiceAccount's bearer token."""
+    kube = api.kube()
+    recs = records(4, nodes=2)
+    serve_summaries(api, recs, nodes=2)
+    assert len(kubelet_source(kube, api.pki).fetch(recs)) == 4
+    assert sorted(r.path for r in api.requests()) == ["/api/v1/nodes/node-0", "/api/v1/nodes/node-1"]
+    assert not [r for r in api.requests() if "proxy" in r.path]
+    got = sorted((r.node, r.path, r.authorization) for r in api.kubelet_requests())
+    assert got == [(f"node-{i}", "/stats/summary", "Bearer sa-token-of-memwatch") for i in range(2)]
+    assert kube.request_count("GET", "nodes/proxy") == 0
+    assert kube.request_count("GET", "nodes/stats") == 2 and kube.request_count("GET", "nodes") == 2
+
+
 @pytest.mark.parametrize("n", [10, 100, 1000])
-def test_one_kubelet_request_per_node_hosting_watched_pods(api: FakeApiServer, n: int) -> None:
+def test_one_kubelet_request_per_node_hosting_watched_pods(api: KubeletApiServer, n: int) -> None:
+    """One Summary per node per sweep; the Nodes are read once, not per sweep (no Node LIST)."""
     kube = api.kube()
     recs = records(n, nodes=3)
     serve_summaries(api, recs, nodes=3)
     api.summaries["node-idle"] = summary("node-idle", NOW, [])  # hosts no watched pod: never asked
-    out = KubeletSource(kube).fetch(recs)
-    assert len(out) == n
-    assert sorted(r.path for r in api.requests()) == [f"/api/v1/nodes/node-{i}/proxy/stats/summary"
-                                                      for i in range(3)]
-    assert kube.request_count("GET", "nodes/proxy") == 3 == kube.request_count()
+    source = kubelet_source(kube, api.pki)
+    for sweep in range(1, 4):
+        assert len(source.fetch(recs)) == n
+        assert sorted(r.node for r in api.kubelet_requests()) == sorted([f"node-{i}" for i in range(3)] * sweep)
+        assert kube.request_count("GET", "nodes/stats") == 3 * sweep
+        assert kube.request_count() == 3 * sweep + 3  # plus the three Node GETs of the first sweep
+    assert sorted(r.path for r in api.requests()) == [f"/api/v1/nodes/node-{i}" for i in range(3)]
 
 
-def test_kubelet_timestamp_is_the_stalest_part(api: FakeApiServer) -> None:
+def test_nodes_are_read_again_after_their_ttl_or_a_failure(api: KubeletApiServer) -> None:
+    clock = FakeClock()
+    kube = api.kube()
+    recs = records(2, nodes=1)
+    serve_summaries(api, recs, nodes=1)
+    source = KubeletSource(kube, KubeletClient(kube, ca_file=str(api.pki.ca)),
+                           NodeDirectory(kube, ttl=600, retry=30, clock=clock))
+    source.fetch(recs)
+    clock.advance(400)
+    source.fetch(recs)
+    assert len(api.requests("GET", NODE)) == 1
+    clock.advance(201)  # past the TTL (spread between 480 s and 600 s)
+    source.fetch(recs)
+    assert len(api.requests("GET", NODE)) == 2
+    # The kubelet stops answering: its Node is read again, but at most every `retry` seconds.
+    api.kubelets["node-0"].stop()
+    for _ in range(3):
+        with pytest.raises(SourceError, match="kubelet unreachable"):
+            source.fetch(recs)
+    assert len(api.requests("GET", NODE)) == 2
+    clock.advance(31)
+    with pytest.raises(SourceError):
+        source.fetch(recs)
+    assert len(api.requests("GET", NODE)) == 3
+
+
+def test_kubelet_address_follows_the_preferred_types(api: KubeletApiServer) -> None:
+    from memwatch.sources import NodeLookupError, kubelet_endpoint
+
+    node = {"status": {"addresses": [{"type": "Hostname", "address": "node-0"},
+                                     {"type": "ExternalIP", "address": "203.0.113.7"},
+                                     {"type": "InternalIP", "address": "10.0.0.7"}],
+                       "daemonEndpoints": {"kubeletEndpoint": {"Port": 10255}}}}
+    assert kubelet_endpoint(node) == ("10.0.0.7", 10255)
+    assert kubelet_endpoint(node, ("Hostname", "InternalIP")) == ("node-0", 10255)
+    assert kubelet_endpoint({"status": {"addresses": [{"type": "InternalIP", "address": "fd00::7"}]}}) == \
+        ("fd00::7", 10250)  # no daemonEndpoints: the kubelet's default port
+    with pytest.raises(NodeLookupError, match=r"no address of type InternalIP.*it has: ExternalIP=203.0.113.7"):
+        kubelet_endpoint({"status": {"addresses": [{"type": "ExternalIP", "address": "203.0.113.7"}]}},
+                         ("InternalIP",))
+    with pytest.raises(NodeLookupError, match="it has: none"):
+        kubelet_endpoint({"status": "garbage"})
+
+
+def test_kubelet_certificate_is_verified_against_the_ca(api: KubeletApiServer) -> None:
+    recs = records(2, nodes=1)
+    serve_summaries(api, recs, nodes=1)
+    kube = api.kube()
+    # The right CA: works (the other tests use it too).
+    assert len(make_source("kubelet", kube, kubelet_ca_file=str(api.pki.ca)).fetch(recs)) == 2
+    # Another CA: refused, with a message that says what to do.
+    wrong = make_source("kubelet", kube, kubelet_ca_file=str(api.pki.other_ca))
+    with pytest.raises(SourceError) as caught:
+        wrong.fetch(recs)
+    message = str(caught.value)
+    assert "kubelet certificate not trusted" in message and "--kubelet-ca-file" in message
+    assert "--kubelet-insecure-tls" in message
+    # No CA given: the cluster CA the API client trusts (here: the test CA) is used.
+    kube.api.configuration.ssl_ca_cert = str(api.pki.ca)
+    assert len(make_source("kubelet", kube).fetch(recs)) == 2
+
+
+def test_self_signed_kubelet_is_refused_without_the_insecure_flag(
+        pki: Pki, caplog: pytest.LogCaptureFixture) -> None:
+    """kind's kubelets serve self-signed certificates: refused (clear error), read with the flag."""
+    api = KubeletApiServer(pki, self_signed=True)
+    api.start()
+    try:
+        recs = records(2, nodes=1)
+        serve_summaries(api, recs, nodes=1)
+        kube = api.kube()
+        with pytest.raises(SourceError, match=r"kubelet certificate not trusted.*--kubelet-insecure-tls"):
+            make_source("kubelet", kube, kubelet_ca_file=str(pki.ca)).fetch(recs)
+        served = len(api.kubelet_requests())
+        assert served == 0, "no request is sent over an unverified connection"
+        insecure = make_source("kubelet", kube, kubelet_ca_file=str(pki.ca), kubelet_insecure_tls=True)
+        assert "certificates are NOT verified" in caplog.text
+        assert len(insecure.fetch(recs)) == 2
+        assert [r.path for r in api.kubelet_requests()] == ["/stats/summary"]
+    finally:
+        api.stop()
+
+
+def test_kubelet_refusing_the_token_is_explained(api: KubeletApiServer) -> None:
     recs = records(1, nodes=1)
-    entry = summary_pod("shop", "p0", "uid-0", NOW, {"app": 1 * MI})
+    serve_summaries(api, recs, nodes=1)
+    kube = api.kube()
+    kube.api.configuration.api_key = {"BearerToken": "Bearer someone-else"}
+    with pytest.raises(SourceError, match=r"HTTP 401.*refused memwatch's credentials.*nodes/stats"):
+        kubelet_source(kube, api.pki).fetch(recs)
+
+
+def test_kubelet_timestamp_is_the_stalest_container(api: KubeletApiServer) -> None:
+    recs = records(1, nodes=1)
+    entry = summary_pod("shop", "p0", "uid-0", NOW, {"app": 1 * MI, "side": 1 * MI})
     entry["containers"][0]["memory"]["time"] = "2026-11-28T09:59:00Z"
     entry["memory"] = {"time": NOW, "workingSetBytes": 2 * MI}
     api.summaries["node-0"] = summary("node-0", NOW, [entry])
-    assert KubeletSource(api.kube()).fetch(recs)["uid-0"].timestamp == NOW_TS - 60  # type: ignore[operator]
+    assert kubelet_source(api.kube(), api.pki).fetch(recs)["uid-0"].timestamp == NOW_TS - 60  # type: ignore[operator]
+
+
+def test_kubelet_lagging_pod_time_does_not_date_the_sample(api: KubeletApiServer) -> None:
+    """Issue #9: a new pod's pod-level time is the second it started while its figure is current;
+    the sample is dated by its containers' measurements."""
+    recs = records(1, nodes=1)
+    entry = summary_pod("shop", "p0", "uid-0", NOW, {"app": 118 * MI})
+    entry["memory"] = {"time": "2026-11-28T09:59:48Z", "workingSetBytes": 118 * MI}
+    api.summaries["node-0"] = summary("node-0", NOW, [entry])
+    assert kubelet_source(api.kube(), api.pki).fetch(recs)["uid-0"].timestamp == NOW_TS
 
 
 @pytest.mark.parametrize("mangle", [
@@ -216,44 +374,46 @@ def test_kubelet_timestamp_is_the_stalest_part(api: FakeApiServer) -> None:
     lambda e: e["containers"][0].pop("name"),
     lambda e: e["podRef"].pop("uid"),
 ])
-def test_malformed_kubelet_entries_are_ignored(api: FakeApiServer, mangle: Callable[[dict[str, Any]], Any]) -> None:
+def test_malformed_kubelet_entries_are_ignored(api: KubeletApiServer,
+                                               mangle: Callable[[dict[str, Any]], Any]) -> None:
     recs = records(2, nodes=1)
     serve_summaries(api, recs, nodes=1)
     for entry in api.summaries["node-0"]["pods"]:
         entry.pop("memory", None)
     mangle(api.summaries["node-0"]["pods"][0])
-    out = KubeletSource(api.kube()).fetch(recs)
+    out = kubelet_source(api.kube(), api.pki).fetch(recs)
     assert "uid-1" in out
     if "uid-0" in out:  # a container without a usable figure is simply missing, never invented
         assert out["uid-0"].containers == {"side": 20 * MI}
 
 
-def test_kubelet_node_failures(api: FakeApiServer, caplog: pytest.LogCaptureFixture) -> None:
+def test_kubelet_node_failures(api: KubeletApiServer, caplog: pytest.LogCaptureFixture) -> None:
     recs = records(6, nodes=3)
     serve_summaries(api, recs, nodes=3)
     del api.summaries["node-1"]
     api.summaries["node-2"] = "{not json"
-    out = KubeletSource(api.kube()).fetch(recs)
+    out = kubelet_source(api.kube(), api.pki).fetch(recs)
     assert {r.node for r in recs if r.uid in out} == {"node-0"}
-    assert 'kubelet source: node node-1 failed: HTTP 404 Not Found: nodes "node-1" not found' in caplog.text
+    assert ('kubelet source: node node-1 failed: reading its Node: HTTP 404 Not Found: nodes "node-1" not found'
+            in caplog.text)
     assert "kubelet source: node node-2 failed" in caplog.text and "node-0" not in caplog.text
     api.summaries.clear()
     with pytest.raises(SourceError, match="every node failed"):
-        KubeletSource(api.kube()).fetch(recs)
+        kubelet_source(api.kube(), api.pki).fetch(recs)
 
 
 # ---------------------------------------------------------------------------------------------
 # auto: metrics-api while it is served, else kubelet, and switch when it comes or goes
 
 
-def test_auto_source_picks_and_switches(api: FakeApiServer, caplog: pytest.LogCaptureFixture) -> None:
+def test_auto_source_picks_and_switches(api: KubeletApiServer, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="memwatch")
     kube = api.kube()
     recs = records(4, nodes=2)
     serve_metrics(api, recs)
     serve_summaries(api, recs, nodes=2)
     clock = FakeClock()
-    auto = make_source("auto", kube)
+    auto = auto_source(kube, api.pki)
     assert isinstance(auto, AutoSource)
     auto.clock = clock
     auto.recheck_seconds = 60.0
@@ -280,11 +440,11 @@ def test_auto_source_picks_and_switches(api: FakeApiServer, caplog: pytest.LogCa
     assert caplog.text.count("source auto: using metrics-api") == 2
 
 
-def test_auto_source_starts_on_kubelet_without_metrics_server(api: FakeApiServer) -> None:
+def test_auto_source_starts_on_kubelet_without_metrics_server(api: KubeletApiServer) -> None:
     api.metrics_served = False
     recs = records(2, nodes=1)
     serve_summaries(api, recs, nodes=1)
-    auto = make_source("auto", api.kube())
+    auto = auto_source(api.kube(), api.pki)
     assert {u.source for u in auto.fetch(recs).values()} == {"kubelet"}
     assert api.requests("GET", METRICS_PODS) == []
 
@@ -403,6 +563,7 @@ def test_run_relists_after_410_and_lifecycle_state_survives(api: FakeApiServer) 
     ("/api/v1/namespaces/shop/pods/events", "pods"),
     ("/api/v1/namespaces/shop/events", "events"),
     ("/api/v1/nodes/node-1/proxy/stats/summary", "nodes/proxy"),
+    ("/api/v1/nodes/node-1", "nodes"),
     ("/apis/metrics.k8s.io/v1beta1/pods", "metrics.k8s.io/pods"),
     ("/apis/metrics.k8s.io/v1beta1/namespaces/shop/pods", "metrics.k8s.io/pods"),
     ("/apis/metrics.k8s.io/v1beta1", "metrics.k8s.io"),  # discovery is not a usage read
@@ -415,11 +576,25 @@ def test_requests_are_counted_by_resource(path: str, resource: str) -> None:
     assert _resource_of(path) == resource
 
 
-def test_auto_source_discovery_is_not_counted_as_a_usage_read(api: FakeApiServer) -> None:
+@pytest.mark.parametrize(("path", "resource"), [
+    ("/stats/summary", "nodes/stats"),
+    ("/metrics/resource", "nodes/metrics"),
+    ("/logs/", "nodes/log"),
+    ("/pods", "nodes/proxy"),
+    ("/configz", "nodes/proxy"),
+    ("/exec/ns/pod/c?command=id", "nodes/proxy"),
+])
+def test_kubelet_requests_are_counted_as_the_kubelet_authorizes_them(path: str, resource: str) -> None:
+    from memwatch.kube import _kubelet_resource
+
+    assert _kubelet_resource(path) == resource
+
+
+def test_auto_source_discovery_is_not_counted_as_a_usage_read(api: KubeletApiServer) -> None:
     kube = api.kube()
     recs = records(100)
     serve_metrics(api, recs)
-    auto = make_source("auto", kube)
+    auto = auto_source(kube, api.pki)
     for sweep in range(1, 4):
         auto.fetch(recs)
         assert kube.request_count("GET", "metrics.k8s.io/pods") == sweep
@@ -450,3 +625,98 @@ def test_eviction_results_over_http(api: FakeApiServer) -> None:
     assert blocked.blocked and not blocked.ok and "disruption budget" in blocked.message
     assert gone.gone and not gone.ok
     assert not err.ok and err.status == 500 and not err.blocked and not err.gone
+
+
+# ---------------------------------------------------------------------------------------------
+# Samples that may belong to another pod (issue #9, defect 3): a window that began before the pod,
+# or one of its containers, (re)started is skipped and counted, never acted on.
+
+
+def started_pod(name: str, uid: str, start: str, containers: dict[str, str | None],
+                sidecars: dict[str, str] | None = None, phase: str = "Running") -> dict[str, Any]:
+    """A pod with status.startTime and each container's running.startedAt (None: not running)."""
+    pod = make_pod(name, "shop", uid=uid, node="node-0", phase=phase,
+                   containers=[(c, "1Gi") for c in containers])
+    status = pod["status"]
+    if start:
+        status["startTime"] = start
+    status["containerStatuses"] = [
+        {"name": c, "containerID": f"containerd://{uid}-{c}",
+         "state": {"running": {"startedAt": t}} if t else {"waiting": {"reason": "CrashLoopBackOff"}}}
+        for c, t in containers.items()]
+    if sidecars:
+        status["initContainerStatuses"] = [{"name": c, "state": {"running": {"startedAt": t}}}
+                                           for c, t in sidecars.items()]
+    return pod
+
+
+def record_of(pod: dict[str, Any]) -> PodRecord:
+    rec = build_record(pod, Defaults(), Protections().reason)
+    assert rec is not None
+    return rec
+
+
+def test_record_keeps_pod_and_container_start_times() -> None:
+    rec = record_of(started_pod("db-0", "u1", "2026-11-28T09:59:00Z",
+                                {"app": "2026-11-28T09:59:05Z", "crashing": None},
+                                sidecars={"proxy": "2026-11-28T09:59:02Z"}))
+    assert rec.started_at == NOW_TS - 60  # type: ignore[operator]
+    assert dict(rec.containers_started) == {"app": NOW_TS - 55, "proxy": NOW_TS - 58}  # type: ignore[operator]
+    assert record_of(make_pod("plain", "shop")).started_at is None
+
+
+def test_metrics_sample_of_a_predecessor_is_skipped(api: FakeApiServer) -> None:
+    """db-0 recreated 10 s ago: metrics-server still has its predecessor's 15 s window."""
+    old = record_of(started_pod("db-0", "new-uid", "2026-11-28T09:59:50Z", {"app": "2026-11-28T09:59:51Z"}))
+    fine = record_of(started_pod("web-0", "web-uid", "2026-11-28T09:00:00Z", {"app": "2026-11-28T09:00:01Z"}))
+    api.pod_metrics = [pod_metrics("shop", "db-0", NOW, {"app": "900Mi"}, window="15s"),
+                       pod_metrics("shop", "web-0", NOW, {"app": "100Mi"}, window="15s")]
+    source = MetricsApiSource(api.kube())
+    out = source.fetch([old, fine])
+    assert set(out) == {"web-uid"}
+    assert source.skipped == {"predates-pod": 1}
+    # A later window, begun after the pod started, counts; the counter is per fetch.
+    api.pod_metrics[0] = pod_metrics("shop", "db-0", "2026-11-28T10:00:10Z", {"app": "120Mi"}, window="15s")
+    assert set(source.fetch([old, fine])) == {"new-uid", "web-uid"} and source.skipped == {}
+
+
+def test_metrics_sample_before_a_container_restart_is_skipped(api: FakeApiServer) -> None:
+    # The pod is old, but `app` restarted 5 s ago (OOM-killed, say) and the sidecar 20 s ago.
+    rec = record_of(started_pod("db-0", "u1", "2026-11-28T09:00:00Z", {"app": "2026-11-28T09:59:55Z"},
+                                sidecars={"proxy": "2026-11-28T09:59:40Z"}))
+    api.pod_metrics = [pod_metrics("shop", "db-0", NOW, {"app": "900Mi", "proxy": "10Mi"}, window="15s")]
+    source = MetricsApiSource(api.kube())
+    assert source.fetch([rec]) == {} and source.skipped == {"predates-pod": 1}
+    # Only the sidecar restarted, 20 s ago: the 15 s window began after it.
+    rec = record_of(started_pod("db-0", "u1", "2026-11-28T09:00:00Z", {"app": "2026-11-28T09:00:01Z"},
+                                sidecars={"proxy": "2026-11-28T09:59:40Z"}))
+    assert set(source.fetch([rec])) == {"u1"} and source.skipped == {}
+
+
+def test_metrics_sample_for_a_pod_not_started_yet_is_skipped(api: FakeApiServer) -> None:
+    pending = record_of(started_pod("db-0", "u1", "", {"app": None}, phase="Pending"))
+    api.pod_metrics = [pod_metrics("shop", "db-0", NOW, {"app": "900Mi"})]
+    source = MetricsApiSource(api.kube())
+    assert source.fetch([pending]) == {} and source.skipped == {"predates-pod": 1}
+
+
+def test_predecessor_sample_never_evicts_the_replacement(api: FakeApiServer, clock: FakeClock) -> None:
+    """End to end through the sweep: the healthy replacement is not evicted on its predecessor's data."""
+    kube = FakeKube(clock)
+    rig = Rig(kube, clock, source=MetricsApiSource(api.kube()))
+    rig.add(started_pod("db-0", "new-uid", "2026-11-28T09:59:55Z", {"app": "2026-11-28T09:59:56Z"}))
+    api.pod_metrics = [pod_metrics("shop", "db-0", NOW, {"app": "900Mi"})]  # over the 512Mi limit
+    clock.now = NOW_TS + 1  # type: ignore[operator]
+    rig.sweep()
+    assert kube.writes() == []
+
+
+def test_kubelet_sample_from_before_a_container_restart_is_skipped(api: KubeletApiServer) -> None:
+    rec = record_of(started_pod("db-0", "u1", "2026-11-28T09:00:00Z", {"app": "2026-11-28T10:00:00Z"}))
+    fine = record_of(started_pod("db-1", "u2", "2026-11-28T09:00:00Z", {"app": "2026-11-28T09:00:01Z"}))
+    api.summaries["node-0"] = summary("node-0", NOW, [
+        summary_pod("shop", "db-0", "u1", "2026-11-28T09:59:58Z", {"app": 900 * MI}),
+        summary_pod("shop", "db-1", "u2", "2026-11-28T09:59:58Z", {"app": 100 * MI})])
+    source = kubelet_source(api.kube(), api.pki)
+    assert set(source.fetch([rec, fine])) == {"u2"}
+    assert source.skipped == {"predates-pod": 1}

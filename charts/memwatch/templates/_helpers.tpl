@@ -163,13 +163,23 @@ Which usage sources the controller may read (non-empty means yes).
 
 {{/*
 RBAC rules on pods and Events, in the watched namespaces: the same for the
-controller and the agent.
+controller and the agent (the agent's without the act rules when
+agent.evict is false).
 */}}
 {{- define "memwatch.podRules" -}}
+{{ include "memwatch.podReadRules" . }}
+{{ include "memwatch.podActRules" . }}
+{{ include "memwatch.eventRules" . }}
+{{- end }}
+
+{{- define "memwatch.podReadRules" -}}
 # Find the pods to watch: a list, then a watch; get before acting.
 - apiGroups: [""]
   resources: ["pods"]
   verbs: ["get", "list", "watch"]
+{{- end }}
+
+{{- define "memwatch.podActRules" -}}
 # Act: the Eviction API, which respects PodDisruptionBudgets.
 - apiGroups: [""]
   resources: ["pods/eviction"]
@@ -182,6 +192,9 @@ controller and the agent.
   resources: ["pods"]
   verbs: ["delete"]
 {{- end }}
+{{- end }}
+
+{{- define "memwatch.eventRules" -}}
 # Record each decision as an Event on the pod (patch: repeated Events are
 # counted, not duplicated); list and watch memwatch's own Events (field
 # selector source=memwatch) so that a restart, another replica or the other
@@ -189,6 +202,31 @@ controller and the agent.
 - apiGroups: [""]
   resources: ["events"]
   verbs: ["create", "patch", "list", "watch"]
+{{- end }}
+
+{{/*
+The agent's rules: with agent.evict false it reads pods and records Events,
+and can neither evict nor delete (it kills in place, on its own node only).
+*/}}
+{{- define "memwatch.agent.rules" -}}
+{{- if .Values.agent.evict }}
+{{ include "memwatch.podRules" . }}
+{{- else }}
+{{ include "memwatch.podReadRules" . }}
+# agent.evict is false: no pods/eviction, no pods delete.
+{{ include "memwatch.eventRules" . }}
+{{- end }}
+{{- end }}
+
+{{/*
+The kubelet CA bundle's path in the controller container (kubelet.caBundle).
+*/}}
+{{- define "memwatch.kubeletCAPath" -}}
+/etc/memwatch/kubelet-ca/ca.crt
+{{- end }}
+
+{{- define "memwatch.kubeletCAName" -}}
+{{- printf "%s-kubelet-ca" (include "memwatch.fullname" . | trunc 52 | trimSuffix "-") }}
 {{- end }}
 
 {{/*
