@@ -90,7 +90,7 @@ def test_valid_deployment_prints_the_resolved_policy(tmp_path: Path) -> None:
     ("memwatch.io/action", "kill", "unknown action"),
     ("memwatch.io/limit.nope", "100Mi", "no container named 'nope' (containers: app)"),
     ("memwatch.io/limit.app", "2Gi", "above the hard memory limit of container 'app' (1Gi)"),
-    ("memwatch.io/grace-period", "soon", "is not a duration"),
+    ("memwatch.io/grace-period", "soon", "is not a whole number of seconds"),
     ("memwatch.io/for", "5 parsecs", "is not a duration"),
     ("memwatch.io/escalate", "perhaps", 'must be "true" or "false"'),
 ])
