@@ -147,10 +147,26 @@ def test_kind_list(tmp_path: Path) -> None:
 
 
 def test_invalid_yaml(tmp_path: Path) -> None:
-    code, out = run(tmp_path, "kind: Pod\nmetadata: {name: [unclosed\n")
+    code, out = run(tmp_path, "kind: Pod\nmetadata: {name: [unclosed, annotations: {memwatch.io/limit: 1Gi}}\n")
     assert code == 1
-    assert f"{tmp_path / 'm.yaml'}: error: not valid YAML" in out
+    assert f"{tmp_path / 'm.yaml'}: error: not valid YAML: line 2, column " in out
     assert len(out.splitlines()) == 2  # the error, then the summary: one line each
+
+
+def test_an_invalid_document_names_its_line_in_the_file_and_the_others_are_still_read(tmp_path: Path) -> None:
+    good = _template("Pod", '{"memwatch.io/limit": "512Mi"}', name="good")
+    bad = "kind: Pod\nmetadata: {name: p, annotations: {memwatch.io/limit: [1Gi}\n"
+    code, out = run(tmp_path, good + "---\n" + bad + "---\n" + good)
+    assert code == 1
+    assert out.count("Pod/good: ok") == 2
+    assert f"error: not valid YAML: line {good.count(chr(10)) + 3}, column" in out
+
+
+def test_documents_that_never_mention_memwatch_are_not_parsed(tmp_path: Path) -> None:
+    """lint checks memwatch annotations: a document without them is skipped unread, which keeps lint
+    fast on large repositories (general YAML validity is kubectl's or kubeconform's job)."""
+    code, out = run(tmp_path, "kind: Pod\nmetadata: {name: [unclosed\n")
+    assert code == 0 and "0 annotated pod template(s), 0 error(s)" in out
 
 
 def test_missing_file() -> None:
@@ -209,5 +225,5 @@ def test_unquoted_annotation_values_are_errors(tmp_path: Path) -> None:
     assert lint.main([str(path)], out) == 1
     text = out.getvalue()
     assert "Pod/unquoted: error: memwatch.io/grace-period=30: annotation values must be strings" in text
-    assert "memwatch.io/escalate=True: annotation values must be strings" in text
+    assert "memwatch.io/escalate=true: annotation values must be strings" in text
     assert "ok:" not in text
