@@ -112,10 +112,12 @@ def load(text: str) -> Iterator[Any]:
 
     Raises :class:`Refused` or :class:`yaml.YAMLError` for a document that cannot be read.
     """
-    stripped = text.lstrip()
-    if stripped[:1] in ("{", "["):
+    body = text.lstrip()
+    if _MARKER.match(body) and body.startswith("---"):
+        body = body[body.find("\n") + 1:].lstrip() if "\n" in body else ""  # `---` then a JSON document
+    if body[:1] in ("{", "["):
         try:
-            yield json.loads(text)
+            yield json.loads(body)
             return
         except RecursionError:
             raise Refused(f"nested more than {MAX_DEPTH} deep") from None
@@ -442,7 +444,13 @@ class _Output:
         line = f"{self.name}: {text}"
         if len(line) > MAX_LINE:
             line = line[:MAX_LINE] + "…"
-        print(line.replace("\n", " "), file=self.out)
+        # Control characters (terminal escapes, newlines) and lone surrogates from YAML escapes are
+        # shown escaped: one message is one line, and printing it cannot fail.
+        line = line.translate(_CONTROL).encode("utf-8", "backslashreplace").decode("utf-8")
+        print(line, file=self.out)
+
+
+_CONTROL = {code: f"\\x{code:02x}" for code in (*range(0x20), 0x7F)}
 
 
 def lint_object(doc: Any, emit: _Output) -> tuple[int, int]:

@@ -456,3 +456,41 @@ def test_import_does_not_load_the_kubernetes_client() -> None:
             "print(sorted({m.split('.')[0] for m in sys.modules} & {'kubernetes', 'kopf', 'urllib3'}))")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0 and proc.stdout.strip() == "[]", proc.stdout + proc.stderr
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("text", [
+    _laughs() + "kind: Pod\nmetadata:\n  name: *a9\n  annotations: {memwatch.io/limit: 1Gi}\n",
+    "&l {kind: List, items: [*l], metadata: {annotations: {memwatch.io/limit: 1Gi}}}\n",
+    "kind: Pod # memwatch\nx: " + "[" * 100_000 + "]" * 100_000 + "\n",
+])
+def test_the_pure_python_parser_is_bounded_too(monkeypatch: pytest.MonkeyPatch, text: str) -> None:
+    """Where PyYAML was built without libyaml, lint reads with its pure-Python parser, as safely."""
+    import yaml
+
+    monkeypatch.setattr(lint, "_LOADER", yaml.SafeLoader)
+    errors, out = _bounded(text)
+    assert errors == 1 and ("excessive aliasing" in out or "contains itself" in out or "nested more than" in out)
+
+
+def test_json_after_a_document_marker_is_json(tmp_path: Path) -> None:
+    doc = json.dumps({"kind": "Pod", "metadata": {"name": "j", "annotations": {"memwatch.io/limit": "512Mi"}}},
+                     indent="\t")
+    code, out = run(tmp_path, _template("Pod", '{"memwatch.io/limit": "256Mi"}', name="y") + "---\n" + doc + "\n")
+    assert code == 0 and "Pod/y: ok" in out and "Pod/j: ok" in out
+
+
+@pytest.mark.parametrize("pure", [False, True])
+def test_control_characters_and_lone_surrogates_are_printed_escaped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                    pure: bool) -> None:
+    import yaml
+
+    if pure:  # libyaml refuses a lone surrogate escape; PyYAML's own parser reads it
+        monkeypatch.setattr(lint, "_LOADER", yaml.SafeLoader)
+    odd_key = '"memwatch.io/limit\\ud800": "x", ' if pure else ""
+    text = ('kind: Pod\nmetadata:\n  name: "a\\x1b[31mb"\n'
+            f'  annotations: {{{odd_key}memwatch.io/limit: "1\\nGi"}}\n')
+    code, out = run(tmp_path, text)
+    assert code == 1 and "\x1b" not in out
+    assert "Pod/a\\x1b[31mb: error: memwatch.io/limit='1\\nGi'" in out
+    assert len(out.splitlines()) == (3 if pure else 2)  # the error, (the odd key's warning,) the summary
