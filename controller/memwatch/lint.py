@@ -24,7 +24,6 @@ Hostile or huge input is read in bounded time and memory:
 from __future__ import annotations
 
 import io
-import json
 import math
 import re
 import sys
@@ -116,6 +115,8 @@ def load(text: str) -> Iterator[Any]:
     if _MARKER.match(body) and body.startswith("---"):
         body = body[body.find("\n") + 1:].lstrip() if "\n" in body else ""  # `---` then a JSON document
     if body[:1] in ("{", "["):
+        import json
+
         try:
             yield json.loads(body)
             return
@@ -369,8 +370,10 @@ def _shown_value(value: Any) -> str:
     """A bounded rendering of any value: never the expansion of an aliased structure."""
     if isinstance(value, (str, NonString)):
         return _clip(str(value))
-    if isinstance(value, (bool, int, float)) or value is None:
-        return _clip(json.dumps(value))
+    if isinstance(value, bool) or value is None:
+        return "true" if value is True else "false" if value is False else "null"
+    if isinstance(value, (int, float)):
+        return _clip(repr(value))
     return f"<{type_name(value)}>"
 
 
