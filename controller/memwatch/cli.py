@@ -8,13 +8,27 @@ import os
 import socket
 import sys
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from memwatch import __version__
-from memwatch.settings import AGENT, COMMON, RUN, Option, Settings, add_options
+
+if TYPE_CHECKING:
+    from memwatch.settings import Option, Settings
+
+# `memwatch lint` starts fast: it imports neither the settings nor anything of the controller's.
+LINT_HELP = "validate memwatch annotations in Kubernetes manifests"
+LINT_DESCRIPTION = ("Print the resolved policy of every annotated pod or pod template, or a precise error. "
+                    "Exit 0 when all are valid, 1 otherwise.")
+
+
+def _lint_arguments(lint: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    lint.add_argument("files", nargs="+", metavar="FILE", help="YAML or JSON manifests ('-' for stdin)")
+    return lint
 
 
 def _parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
+    from memwatch.settings import AGENT, COMMON, RUN, add_options
+
     parser = argparse.ArgumentParser(
         prog="memwatch",
         description="Evict Kubernetes pods that pass their memory-watch limit (memwatch.io/limit), "
@@ -36,10 +50,7 @@ def _parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
                                        "--sample-period, and act before the kernel OOM killer does.")
     options(agent, [o for o in COMMON])
     options(agent, AGENT)
-    lint = sub.add_parser("lint", help="validate memwatch annotations in Kubernetes manifests",
-                          description="Print the resolved policy of every annotated pod or pod template, or a "
-                                      "precise error. Exit 0 when all are valid, 1 otherwise.")
-    lint.add_argument("files", nargs="+", metavar="FILE", help="YAML manifests ('-' for stdin)")
+    _lint_arguments(sub.add_parser("lint", help=LINT_HELP, description=LINT_DESCRIPTION))
     return parser
 
 
@@ -75,10 +86,18 @@ def _serve(settings: Settings, engine: object) -> int:
 
 
 def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> int:
+    words = list(sys.argv[1:] if argv is None else argv)
+    if words[:1] == ["lint"]:
+        from memwatch import lint
+
+        parser = _lint_arguments(argparse.ArgumentParser(prog="memwatch lint", description=LINT_DESCRIPTION))
+        return lint.main(parser.parse_args(words[1:]).files)
+    from memwatch.settings import Settings
+
     env = os.environ if env is None else env
     parser = _parser(env)
-    args = parser.parse_args(argv)
-    if args.command == "lint":
+    args = parser.parse_args(words)
+    if args.command == "lint":  # options before the command word
         from memwatch import lint
 
         return lint.main(args.files)

@@ -18,7 +18,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from memwatch.quantity import QuantityError, format_bytes, parse_bytes, parse_duration
+from memwatch.quantity import QuantityError, format_bytes, parse_bytes, parse_duration, parse_seconds, shown
 
 PREFIX = "memwatch.io/"
 KEY_LIMIT = PREFIX + "limit"
@@ -34,8 +34,13 @@ KNOWN_KEYS = frozenset({KEY_LIMIT, KEY_ACTION, KEY_GRACE_PERIOD, KEY_FOR, KEY_ES
 MAX_FOR_SECONDS = 24 * 3600.0
 #: The longest `memwatch.io/grace-period` accepted.
 MAX_GRACE_SECONDS = 3600
-#: Limits smaller than this are accepted but warned about: no real workload fits.
+#: The smallest watch limit accepted (1 MiB): below it the value is a unit mistake (`0.5`, `1e-3`, a few
+#: bytes), and memwatch never acts on a mistake.
+MIN_LIMIT = 1 << 20
+#: Limits from MIN_LIMIT up to this are accepted but warned about: hardly any real workload fits.
 SUSPICIOUSLY_SMALL = 4 << 20
+#: Percentages: ASCII digits with an optional fraction (`90%`, `12.5%`), nothing else.
+_PERCENT = re.compile(r"[+-]?[0-9]+(?:\.[0-9]+)?%")
 
 _TRUE = {"true", "yes", "on", "1"}
 _FALSE = {"false", "no", "off", "0"}
@@ -85,7 +90,7 @@ class Problem:
     message: str
 
     def __str__(self) -> str:
-        return f"{self.key}={self.value!r}: {self.message}"
+        return f"{self.key}={shown(self.value)}: {self.message}"
 
 
 class InvalidPolicy(ValueError):
@@ -139,18 +144,13 @@ class Policy:
 
 def _parse_limit(key: str, value: str, hard: int | None, container: str | None,
                  problems: list[Problem], warnings: list[str]) -> Limit | None:
-    """Parse one limit annotation: a quantity, or a percentage of ``hard``."""
-    text = value.strip()
+    """Parse one limit annotation: a quantity, or a percentage of ``hard``; at least MIN_LIMIT."""
     whom = "the pod" if container is None else f"container {container!r}"
-    if text.endswith("%"):
-        number = text[:-1]
-        try:
-            if not re.fullmatch(r"[+-]?\d+(\.\d+)?", number):
-                raise ValueError(number)
-            percent = float(number)
-        except ValueError:
+    if value.endswith("%"):
+        if not _PERCENT.fullmatch(value):
             problems.append(Problem(key, value, "not a percentage (example: 90%)"))
             return None
+        percent = float(value[:-1])
         if not (0 < percent <= 100):
             problems.append(Problem(key, value, "a percentage must be above 0% and at most 100%"))
             return None
@@ -159,11 +159,16 @@ def _parse_limit(key: str, value: str, hard: int | None, container: str | None,
                     else f"container {container!r} to set resources.limits.memory")
             problems.append(Problem(key, value, f"a percentage needs {what}; use a quantity such as 512Mi"))
             return None
-        return Limit(max(1, int(hard * percent / 100)), text, container)
-    try:
-        limit = parse_bytes(text)
-    except QuantityError as exc:
-        problems.append(Problem(key, value, str(exc)))
+        limit = int(hard * percent / 100)
+    else:
+        try:
+            limit = parse_bytes(value)
+        except QuantityError as exc:
+            problems.append(Problem(key, value, str(exc)))
+            return None
+    if limit < MIN_LIMIT:
+        problems.append(Problem(key, value, f"is only {format_bytes(limit)}, below the smallest watch limit of "
+                                f"{format_bytes(MIN_LIMIT)}; is the unit right? (example: 512Mi)"))
         return None
     if hard is not None and limit > hard:
         problems.append(Problem(
@@ -172,11 +177,38 @@ def _parse_limit(key: str, value: str, hard: int | None, container: str | None,
             "the kernel OOM killer would always fire first"))
         return None
     if hard is not None and limit == hard:
-        warnings.append(f"{key}={value!r} equals the hard memory limit of {whom}; "
+        warnings.append(f"{key}={shown(value)} equals the hard memory limit of {whom}; "
                         "leave headroom or the kernel may act before memwatch")
     if limit < SUSPICIOUSLY_SMALL:
-        warnings.append(f"{key}={value!r} is only {format_bytes(limit)}; is the unit right?")
-    return Limit(limit, text, container)
+        warnings.append(f"{key}={shown(value)} is only {format_bytes(limit)}; is the unit right?")
+    return Limit(limit, value, container)
+
+
+def _parse_grace_period(key: str, value: str, problems: list[Problem]) -> int | None:
+    """`memwatch.io/grace-period`: whole seconds in plain ASCII digits, at most MAX_GRACE_SECONDS."""
+    try:
+        seconds = parse_seconds(value)
+    except QuantityError as exc:
+        problems.append(Problem(key, value, str(exc)))
+        return None
+    if seconds > MAX_GRACE_SECONDS:
+        problems.append(Problem(key, value, f"longer than {MAX_GRACE_SECONDS}s; a pod over its memory "
+                                "limit cannot wait that long"))
+        return None
+    return seconds
+
+
+def _parse_for(key: str, value: str, problems: list[Problem]) -> float | None:
+    """`memwatch.io/for`: a duration (`5s`, `500ms`, `1m30s`) of at most MAX_FOR_SECONDS."""
+    try:
+        seconds = parse_duration(value)
+    except QuantityError as exc:
+        problems.append(Problem(key, value, str(exc)))
+        return None
+    if seconds > MAX_FOR_SECONDS:
+        problems.append(Problem(key, value, "longer than 24h; is the unit right?"))
+        return None
+    return seconds
 
 
 def _parse_bool(key: str, value: str, problems: list[Problem]) -> bool | None:
@@ -232,27 +264,11 @@ def resolve(annotations: Mapping[str, str], containers: Sequence[ContainerSpec],
                 choices = ", ".join(a.value for a in Action)
                 problems.append(Problem(key, value, f"unknown action; choose one of {choices}"))
         elif key == KEY_GRACE_PERIOD:
-            try:
-                seconds = parse_duration(value)
-            except QuantityError as exc:
-                problems.append(Problem(key, value, f"{exc}; give whole seconds such as 30"))
-                continue
-            if seconds != int(seconds):
-                problems.append(Problem(key, value, "must be a whole number of seconds"))
-                continue
-            if seconds > MAX_GRACE_SECONDS:
-                problems.append(Problem(key, value, f"longer than {MAX_GRACE_SECONDS}s; a pod over its memory "
-                                        "limit cannot wait that long"))
-                continue
-            grace = int(seconds)
+            seconds = _parse_grace_period(key, value, problems)
+            grace = grace if seconds is None else seconds
         elif key == KEY_FOR:
-            try:
-                for_seconds = parse_duration(value)
-            except QuantityError as exc:
-                problems.append(Problem(key, value, str(exc)))
-                continue
-            if for_seconds > MAX_FOR_SECONDS:
-                problems.append(Problem(key, value, "longer than 24h; is the unit right?"))
+            duration = _parse_for(key, value, problems)
+            for_seconds = for_seconds if duration is None else duration
         elif key == KEY_ESCALATE:
             parsed = _parse_bool(key, value, problems)
             escalate = escalate if parsed is None else parsed

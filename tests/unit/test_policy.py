@@ -8,8 +8,10 @@ import pytest
 
 from memwatch.clock import ManualClock
 from memwatch.lifecycle import Lifecycle, Step
+from memwatch.podindex import build_record
 from memwatch.policy import (
     KEY_LIMIT,
+    MIN_LIMIT,
     Action,
     ContainerSpec,
     Defaults,
@@ -46,7 +48,11 @@ def ann(**kv: str) -> dict[str, str]:
     (ann(limit="1.5Gi"), [("pod", 3 * GI // 2)]),
     (ann(limit="600M"), [("pod", 600_000_000)]),
     (ann(limit="1G"), [("pod", 1_000_000_000)]),
-    (ann(limit="  700Mi "), [("pod", 700 * MI)]),
+    (ann(limit="1e9"), [("pod", 1_000_000_000)]),
+    (ann(limit="1.Gi"), [("pod", GI)]),
+    (ann(limit=".5Gi"), [("pod", GI // 2)]),
+    (ann(limit="+700Mi"), [("pod", 700 * MI)]),
+    (ann(limit="1Mi"), [("pod", MI)]),
     (ann(limit="90%"), [("pod", int(3 * GI * 0.9))]),
     (ann(limit="100%"), [("pod", 3 * GI)]),
     (ann(limit="12.5%"), [("pod", 3 * GI // 8)]),
@@ -92,7 +98,7 @@ def test_pod_and_container_limits_any_breach_triggers() -> None:
     (ann(action=" Delete "), "action", Action.DELETE),
     (ann(grace_period="30"), "grace_period", 30),
     (ann(grace_period="0"), "grace_period", 0),
-    (ann(grace_period="2m"), "grace_period", 120),
+    (ann(grace_period="0030"), "grace_period", 30),
     (ann(**{"for": "5s"}), "for_seconds", 5.0),
     (ann(**{"for": "500ms"}), "for_seconds", 0.5),
     (ann(**{"for": "1m30s"}), "for_seconds", 90.0),
@@ -176,13 +182,13 @@ def test_describe_names_every_limit_and_knob() -> None:
     (ann(limit="50%"), (), "limit", "a percentage needs every container"),
     (ann(limit="512m"), CONTAINERS, "limit", "'512m' means 512 thousandths of a byte (suffix m); did you mean 512Mi?"),
     (ann(limit_app="1.5m"), CONTAINERS, "limit.app", "did you mean 1.5Mi?"),
-    (ann(limit="1Gi", grace_period="abc"), CONTAINERS, "grace-period", "'abc' is not a duration"),
-    (ann(limit="1Gi", grace_period="1.5"), CONTAINERS, "grace-period", "must be a whole number of seconds"),
-    (ann(limit="1Gi", grace_period="-3"), CONTAINERS, "grace-period", "'-3' must be a non-negative"),
-    (ann(limit="1Gi", grace_period=""), CONTAINERS, "grace-period", "empty duration"),
+    (ann(limit="1Gi", grace_period="abc"), CONTAINERS, "grace-period", "'abc' is not a whole number of seconds"),
+    (ann(limit="1Gi", grace_period="1.5"), CONTAINERS, "grace-period", "is not a whole number of seconds"),
+    (ann(limit="1Gi", grace_period="-3"), CONTAINERS, "grace-period", "'-3' is not a whole number of seconds"),
+    (ann(limit="1Gi", grace_period=""), CONTAINERS, "grace-period", "empty number of seconds"),
     (ann(limit="1Gi", **{"for": "5x"}), CONTAINERS, "for", "'5x' is not a duration"),
     (ann(limit="1Gi", **{"for": "-1s"}), CONTAINERS, "for", "is not a duration"),
-    (ann(limit="1Gi", **{"for": "-1"}), CONTAINERS, "for", "must be a non-negative, finite duration"),
+    (ann(limit="1Gi", **{"for": "-1"}), CONTAINERS, "for", "'-1' is not a duration"),
     (ann(limit="1Gi", **{"for": "25h"}), CONTAINERS, "for", "longer than 24h; is the unit right?"),
     (ann(limit="1Gi", **{"for": "5s 3"}), CONTAINERS, "for", "is not a duration"),
     (ann(limit="1Gi", escalate="maybe"), CONTAINERS, "escalate", 'must be "true" or "false"'),
@@ -200,6 +206,64 @@ def test_invalid_annotations_name_key_and_problem(annotations: dict[str, str], c
     assert problems[0].value == annotations.get(P + key, "")
     # The exception's text names the key, the value and the problem, for the log line and the Event.
     assert P + key in str(err.value) and fragment in str(err.value)
+
+
+# Kubernetes' own grammar, exactly (issue #10 item 9): what `resource.ParseQuantity` refuses, memwatch
+# refuses; grace-period is plain ASCII digits; a limit below MIN_LIMIT is a unit mistake, never acted on.
+@pytest.mark.parametrize(("key", "value", "fragment"), [
+    ("limit", "\uff15\uff10\uff10Mi", "is not a Kubernetes quantity"),  # fullwidth digits
+    ("limit", "\u0665\u0661\u0662Mi", "is not a Kubernetes quantity"),  # Arabic-Indic digits
+    ("limit", "512Mi\n", "has spaces around it"),
+    ("limit", " 512Mi", "has spaces around it"),
+    ("limit", "512Mi ", "has spaces around it"),
+    ("limit", "\t1Gi", "has spaces around it"),
+    ("limit", "1e", "is not a Kubernetes quantity"),
+    ("limit", "1Ki5", "is not a Kubernetes quantity"),
+    ("limit", "0x100000", "is not a Kubernetes quantity"),
+    ("limit", "1e99999999999999999999", "is not a Kubernetes quantity"),  # exponent outside int64
+    ("limit", "\u0669\u0660%", "not a percentage"),
+    ("limit", " 90%", "not a percentage"),
+    ("limit", "0.5", "is only 1B, below the smallest watch limit of 1Mi"),
+    ("limit", "1e-3", "is only 1B, below the smallest watch limit of 1Mi"),
+    ("limit", "1e5", "is only 97.66Ki, below the smallest watch limit"),
+    ("limit", "1023Ki", "below the smallest watch limit of 1Mi"),
+    ("limit", "+512m", "did you mean 512Mi?"),
+    ("limit", "512u", "millionths of a byte"),
+    ("limit.side", "0.05%", "below the smallest watch limit of 1Mi"),
+    ("grace-period", "1m", "is not a whole number of seconds"),
+    ("grace-period", "1e1", "is not a whole number of seconds"),
+    ("grace-period", "1_0", "is not a whole number of seconds"),
+    ("grace-period", "+30", "is not a whole number of seconds"),
+    ("grace-period", " 30", "is not a whole number of seconds"),
+    ("grace-period", "\u0663\u0660", "is not a whole number of seconds"),
+    ("grace-period", "9" * 30, "is too large"),
+    ("for", "\u0665s", "is not a duration"),
+    ("for", "1e1", "is not a duration"),
+    ("for", "1_0s", "is not a duration"),
+    ("for", " 5s", "is not a duration"),
+])
+def test_kubernetes_grammar_exactly(key: str, value: str, fragment: str) -> None:
+    annotations = {P + key: value} if key.startswith("limit") else {KEY_LIMIT: "1Gi", P + key: value}
+    with pytest.raises(InvalidPolicy) as err:
+        resolve(annotations, CONTAINERS)
+    assert [p.key for p in err.value.problems] == [P + key]
+    assert fragment in err.value.problems[0].message
+
+
+def test_a_limit_below_the_floor_never_reaches_the_index_as_a_policy() -> None:
+    """The controller and the agent build their records with the same resolve: no policy, no action."""
+    pod = {"metadata": {"uid": "u", "name": "p", "namespace": "n", "annotations": {KEY_LIMIT: "0.5"}},
+           "spec": {"containers": [{"name": "app"}]}}
+    record = build_record(pod, Defaults(), lambda _pod: None)
+    assert record is not None and record.policy is None
+    assert "below the smallest watch limit" in record.problems[0].message
+    assert MIN_LIMIT == MI
+
+
+def test_problem_messages_quote_at_most_a_bounded_part_of_the_value() -> None:
+    with pytest.raises(InvalidPolicy) as err:
+        resolve({KEY_LIMIT: "x" * 300_000}, CONTAINERS)
+    assert len(str(err.value)) < 500 and "300000 characters" in str(err.value)
 
 
 def test_every_problem_is_reported_at_once() -> None:

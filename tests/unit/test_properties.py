@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import tracemalloc
 
 import yaml
 from hypothesis import HealthCheck, example, given, settings
@@ -16,6 +17,7 @@ from memwatch.policy import (
     KEY_GRACE_PERIOD,
     KEY_LIMIT,
     KEY_PREDICT,
+    MIN_LIMIT,
     PREFIX,
     ContainerSpec,
     InvalidPolicy,
@@ -75,7 +77,7 @@ def test_resolve_raises_only_invalid_policy(case: tuple[dict[str, str], list[Con
         assert all(p.key.startswith(PREFIX) for p in exc.problems)
         return
     assert isinstance(policy, Policy)
-    assert policy.limits and all(lim.bytes >= 1 for lim in policy.limits)
+    assert policy.limits and all(lim.bytes >= MIN_LIMIT for lim in policy.limits)
     # A valid limit is never above the hard limit it is measured against.
     hard = dict(policy.container_hard_limits)
     for lim in policy.limits:
@@ -93,6 +95,26 @@ def test_parse_bytes_raises_only_quantity_error(text: str, allow_zero: bool) -> 
         return
     assert isinstance(value, int) and 0 <= value <= 2**63
     assert value > 0 or allow_zero
+    # Kubernetes' grammar: ASCII only, nothing around the number.
+    assert text.isascii() and text == text.strip() and "_" not in text
+
+
+UNITS = {"": 1, "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40}
+
+
+@FAST
+@given(st.integers(1, 2**20), st.sampled_from(sorted(UNITS)), st.sampled_from(["", "+", "0", "00"]))
+def test_parse_bytes_is_exact_on_every_plain_form(number: int, unit: str, prefix: str) -> None:
+    assert parse_bytes(f"{prefix}{number}{unit}") == number * UNITS[unit]
+
+
+@FAST
+@given(st.integers(1, 10**12), st.integers(0, 12), st.sampled_from(["e", "E"]))
+def test_parse_bytes_reads_exponents_and_fractions_exactly(number: int, shift: int, e: str) -> None:
+    digits = str(number)
+    point = max(0, len(digits) - shift)
+    text = f"{digits[:point]}.{digits[point:]}{e}{shift}" if point else f".{digits}{e}{len(digits)}"
+    assert parse_bytes(text) == number
 
 
 @FAST
@@ -167,3 +189,75 @@ def test_lint_never_crashes_on_odd_manifests(text: str) -> None:
          "spec: {containers: [{name: a, resources: [1]}]}\n")
 def test_lint_never_crashes_on_arbitrary_text(text: str) -> None:
     assert _lint(text) in (0, 1)
+
+
+# -- memwatch lint on hostile YAML: aliases, self-references, deep nesting (issue #10 item 7) ----------
+
+HOSTILE = settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+POD_LEAF = "{kind: Pod, metadata: {name: leaf, annotations: {memwatch.io/limit: 512Mi}}}"
+PLACES = ["annotation", "name", "kind", "items", "containers", "memory", "annotations", "spec"]
+
+
+def _document(value: str, place: str) -> str:
+    """A Pod- or List-shaped document with ``value`` (YAML flow text) put at ``place``."""
+    annotations = f"{{memwatch.io/limit: {value}}}" if place == "annotation" else (
+        value if place == "annotations" else "{memwatch.io/limit: 512Mi}")
+    name = value if place == "name" else "p"
+    kind = value if place == "kind" else ("List" if place == "items" else "Pod")
+    memory = value if place == "memory" else "1Gi"
+    containers = value if place == "containers" else f"[{{name: app, resources: {{limits: {{memory: {memory}}}}}}}]"
+    spec = value if place == "spec" else f"{{containers: {containers}}}"
+    items = f"items: {value}\n" if place == "items" else ""
+    # The comment makes lint parse the document even where no memwatch key is left in it.
+    return (f"# memwatch\nkind: {kind}\nmetadata:\n  name: {name}\n  annotations: {annotations}\nspec: {spec}\n{items}")
+
+
+def _lint_bounded(text: str) -> str:
+    tracemalloc.start()
+    try:
+        out = io.StringIO()
+        found, errors = lint.lint_stream("x.yaml", io.StringIO(text), out)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert found >= 0 and errors >= 0
+    assert peak < 64 << 20, f"{peak >> 20} MiB"
+    lines = out.getvalue().splitlines()
+    assert all(len(line) <= lint.MAX_LINE + 20 for line in lines)
+    return out.getvalue()
+
+
+@HOSTILE
+@given(levels=st.integers(0, 14), fan=st.integers(1, 12), leaf=st.sampled_from(["lol", "512Mi", "1e9", POD_LEAF]),
+       place=st.sampled_from(PLACES))
+def test_lint_is_bounded_on_alias_chains(levels: int, fan: int, leaf: str, place: str) -> None:
+    """Anchors a0..aN, each `fan` aliases of the one before, the last aliased into any field."""
+    anchors = [f"a0: &a0 [{', '.join([leaf] * fan)}]"]
+    anchors += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * fan)}]" for i in range(1, levels + 1)]
+    text = "\n".join(anchors) + "\n" + _document(f"*a{levels}", place)
+    out = _lint_bounded(text)
+    if fan ** (levels + 1) > 10**6:  # far past kubectl's ratio: refused, never expanded
+        assert "excessive aliasing" in out
+
+
+@HOSTILE
+@given(depth=st.integers(0, 30), opener=st.sampled_from(["[", "{k: "]), place=st.sampled_from(PLACES))
+def test_lint_refuses_every_self_reference(depth: int, opener: str, place: str) -> None:
+    closer = "]" if opener == "[" else "}"
+    value = "&self " + opener * depth + "[*self]" + closer * depth
+    out = _lint_bounded(_document(value, place))
+    assert "contains itself" in out
+
+
+@HOSTILE
+@given(depth=st.integers(1, 3000), style=st.sampled_from(["flow-list", "flow-map", "block"]),
+       place=st.sampled_from(PLACES))
+def test_lint_is_bounded_on_deep_nesting(depth: int, style: str, place: str) -> None:
+    if style == "block":  # nested block sequences: "- - - x"
+        text = "# memwatch\n" + "- " * depth + "x\n"
+    else:
+        opener, closer = ("[", "]") if style == "flow-list" else ("{k: ", "}")
+        text = _document(opener * depth + "x" + closer * depth, place)
+    out = _lint_bounded(text)
+    if depth > lint.MAX_DEPTH + 5:
+        assert "nested more than" in out or "nesting depth" in out

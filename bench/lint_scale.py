@@ -1,0 +1,133 @@
+"""`memwatch lint` start-up and scale (issue #13): time and peak RSS on generated manifests.
+
+    python bench/lint_scale.py                      # 50 MB of Deployments, 10 % annotated
+    python bench/lint_scale.py --annotated 1.0      # every Deployment annotated (the worst case)
+    python bench/lint_scale.py --mb 5 --startup-runs 3
+
+Each figure is one run of the real command (`python -m memwatch lint FILE`) in a child process;
+wall time, CPU time and peak RSS come from the child's own resource usage. Start-up is measured
+inside a fresh interpreter, from the first import of memwatch to lint's first line of output on a
+one-Pod file (the interpreter's own start is not counted), and the fastest of a few runs is shown.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+DEPLOYMENT = """\
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: web-{i}
+  namespace: team-{team}
+  labels: {{app: web-{i}, tier: frontend}}
+spec:
+  replicas: 2
+  selector:
+    matchLabels: {{app: web-{i}}}
+  template:
+    metadata:
+      labels: {{app: web-{i}, tier: frontend}}
+{annotations}    spec:
+      containers:
+      - name: app
+        image: registry.example/web:{i}
+        ports: [{{containerPort: 8080}}]
+        env:
+        - {{name: MODE, value: production}}
+        resources:
+          requests: {{cpu: 100m, memory: 256Mi}}
+          limits: {{memory: 1Gi}}
+---
+"""
+ANNOTATIONS = """\
+      annotations:
+        memwatch.io/limit: "{limit}Mi"
+        memwatch.io/for: "5s"
+"""
+NO_ANNOTATIONS = """\
+      annotations:
+        prometheus.io/scrape: "true"
+"""
+
+STARTUP = """
+import sys, time
+started = time.perf_counter()
+from memwatch.cli import main
+class FirstLine:
+    at = None
+    def write(self, text):
+        if FirstLine.at is None:
+            FirstLine.at = time.perf_counter() - started
+        return len(text)
+    def flush(self):
+        pass
+sys.stdout = FirstLine()
+main(["lint", sys.argv[1]])
+sys.stdout = sys.__stdout__
+print(FirstLine.at)
+"""
+
+
+def generate(path: Path, megabytes: float, annotated: float) -> int:
+    """Write Deployments until the file holds ``megabytes``; every 1/annotated-th one is annotated."""
+    target = int(megabytes * 1_000_000)
+    written = count = 0
+    step = 0 if annotated <= 0 else max(1, round(1 / annotated))
+    with path.open("w") as fh:
+        while written < target:
+            block = ANNOTATIONS.format(limit=500 + count % 400) if step and count % step == 0 else NO_ANNOTATIONS
+            text = DEPLOYMENT.format(i=count, team=count % 50, annotations=block)
+            fh.write(text)
+            written += len(text)
+            count += 1
+    return count
+
+
+def run_lint(path: Path) -> tuple[float, float, float, int]:
+    """(wall s, CPU s, peak RSS MiB, exit code) of one `memwatch lint` run."""
+    started = time.perf_counter()
+    child = subprocess.Popen([sys.executable, "-m", "memwatch", "lint", str(path)], stdout=subprocess.DEVNULL)
+    _, status, usage = os.wait4(child.pid, 0)
+    child.returncode = os.waitstatus_to_exitcode(status)
+    wall = time.perf_counter() - started
+    return wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024, child.returncode
+
+
+def startup(runs: int) -> list[float]:
+    with tempfile.TemporaryDirectory() as tmp:
+        small = Path(tmp) / "pod.yaml"
+        small.write_text("kind: Pod\nmetadata:\n  name: p\n  annotations: {memwatch.io/limit: 512Mi}\n")
+        return sorted(float(subprocess.run([sys.executable, "-c", STARTUP, str(small)], check=True,
+                                           capture_output=True, text=True).stdout) for _ in range(runs))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--mb", type=float, default=50.0, help="size of the generated manifest file")
+    parser.add_argument("--annotated", type=float, default=0.1, help="fraction of Deployments annotated")
+    parser.add_argument("--startup-runs", type=int, default=5)
+    args = parser.parse_args()
+    times = startup(args.startup_runs)
+    print(f"start-up (import to first output, one small file): fastest {times[0]:.3f} s, "
+          f"median {times[len(times) // 2]:.3f} s of {len(times)}")
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "manifests.yaml"
+        count = generate(path, args.mb, args.annotated)
+        size = path.stat().st_size / 1_000_000
+        wall, cpu, rss, code = run_lint(path)
+    print(f"lint on {size:.1f} MB ({count:,} Deployments, {args.annotated:.0%} annotated): "
+          f"{wall:.1f} s wall, {cpu:.1f} s CPU, {rss:.0f} MiB peak RSS, exit {code}")
+    load = os.getloadavg()[0]
+    print(f"load average while measuring: {load:.1f} on {os.cpu_count()} CPUs")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
