@@ -5,7 +5,8 @@ over its limit, and that ServiceAccount is refused what it must not do.
 
 Needs `hack/local-cluster.sh up` and `hack/local-cluster.sh images`
 (images docker.io/library/memwatch:dev and memwatch-hog:dev in the node's
-containerd); skips loudly otherwise. KEEP=1 leaves the release installed.
+containerd); skips loudly otherwise. MEMWATCH_TEST_KEEP=1 (`make e2e-local KEEP=1`) leaves the
+release installed.
 """
 
 from __future__ import annotations
@@ -150,7 +151,7 @@ def cluster() -> Iterator[Cluster]:
         rbac=kubernetes.client.RbacAuthorizationV1Api(api),
         helm=helm,
     )
-    if os.environ.get("KEEP") == "1":
+    if os.environ.get("MEMWATCH_TEST_KEEP") == "1":
         return
     helm.uninstall(RELEASE, ignore_not_found=True, wait="watcher", timeout=120)
     for namespace in (WORKLOAD_NAMESPACE, NAMESPACE):
