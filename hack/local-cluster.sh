@@ -14,7 +14,8 @@ shopt -s inherit_errexit
 on_err() {
     local rc=$? i
     printf '[local-cluster] ERROR: `%s` exited %s at %s:%s' "$BASH_COMMAND" "$rc" "${BASH_SOURCE[1]:-$0}" "${BASH_LINENO[0]}" >&2
-    for ((i = 1; i < ${#FUNCNAME[@]}; i++)); do printf ' in %s()' "${FUNCNAME[$i]}" >&2; done
+    # The last entry is the script itself ("main"), not a function.
+    for ((i = 1; i < ${#FUNCNAME[@]} - 1; i++)); do printf ' in %s()' "${FUNCNAME[$i]}" >&2; done
     printf '\n' >&2
 }
 trap on_err ERR
@@ -857,9 +858,11 @@ build_base_image() {
 # configuration through mounts and a build secret, never through files in
 # the repository.
 build_project_image() {
-    local pipdir mounts=()
+    local pipdir args mounts=()
     pipdir=$(mktemp -d)
-    mapfile -t mounts < <(python3 "$CLUSTER_DIR/pip_passthrough.py" "$pipdir")
+    # Not `< <(...)`: a failure there would go unnoticed.
+    args=$(python3 "$CLUSTER_DIR/pip_passthrough.py" "$pipdir")
+    [ -z "$args" ] || mapfile -t mounts <<<"$args"
     log "building $PROJECT_IMAGE from $REPO_DIR/Dockerfile"
     podman build --network host "${mounts[@]}" --build-arg BASE_IMAGE="$BASE_IMAGE" \
         -t "$PROJECT_IMAGE" -f "$REPO_DIR/Dockerfile" "$REPO_DIR" >"$IMAGES_CACHE/memwatch-build.log" 2>&1 ||
@@ -919,7 +922,8 @@ main() {
         build) cmd_build ;;
         up) cmd_up ;;
         images) cmd_images ;;
-        status) cmd_status ;;
+        # Exit 1 is its answer ("not all up"), not an error to report.
+        status) cmd_status || exit ;;
         down) cmd_down ;;
         -h|--help|help) usage ;;
         *) usage >&2; exit 2 ;;
