@@ -510,6 +510,7 @@ up_certs() {
     issue_cert controller-manager system:kube-controller-manager
     issue_cert scheduler system:kube-scheduler
     issue_cert kubelet "system:node:$NODE_NAME" system:nodes
+    issue_cert kubelet-serving "system:node:$NODE_NAME" system:nodes "IP:$NODE_IP,DNS:$NODE_NAME"
     issue_cert kube-proxy system:kube-proxy
     if [ ! -s "$PKI/sa.pub" ]; then
         openssl genrsa -out "$PKI/sa.key" 2048 2>/dev/null
