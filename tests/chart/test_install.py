@@ -347,7 +347,7 @@ README_RBAC = {
     ("", "pods/eviction", "create", ""),
     *(("", "events", verb, "") for verb in ("create", "patch", "list")),
     *(("metrics.k8s.io", "pods", verb, "") for verb in ("get", "list")),
-    *(("", "nodes", verb, "") for verb in ("get", "list")),
+    ("", "nodes", "get", ""),
     ("", "nodes/stats", "get", ""),
     ("coordination.k8s.io", "leases", "create", ""),
     *(("coordination.k8s.io", "leases", verb, FULLNAME) for verb in ("get", "update")),
