@@ -59,3 +59,18 @@ def test_pip_passthrough_says_when_pip_config_fails(tmp_path: Path) -> None:
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0
     assert "`pip config list` failed" in result.stderr and "pip is broken here" in result.stderr, result.stderr
+
+
+def test_every_kubernetes_patch_names_its_component_and_is_documented() -> None:
+    """local-cluster.sh rebuilds a component when the patches named after it change."""
+    patches = HACK / "cluster" / "patches"
+    script = (HACK / "local-cluster.sh").read_text()
+    components = script.split("K8S_COMPONENTS=(", 1)[1].split(")", 1)[0].split()
+    readme = (patches / "README.md").read_text()
+    found = sorted(patches.glob("*.patch"))
+    assert found
+    for patch in found:
+        assert any(patch.name.startswith(f"{c}-") for c in components), patch.name
+        assert f"`{patch.name}`" in readme, patch.name
+        text = patch.read_text()
+        assert "kubernetes/kubernetes#" in text.split("--- a/", 1)[0], f"{patch.name}: say which upstream fix it is"
