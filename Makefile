@@ -7,6 +7,8 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 IMG ?= memwatch:dev
 KEEP ?= 0
+# Never in the tests' environment under this generic name: recipes pass it on as MEMWATCH_TEST_KEEP.
+unexport KEEP
 CLUSTER := hack/local-cluster.sh
 CLUSTER_ROOT ?= /var/lib/memwatch-cluster
 LOCAL_KUBECONFIG := $(CLUSTER_ROOT)/kubeconfig
@@ -60,9 +62,9 @@ cluster-down: ## Stop the local cluster and remove what it created.
 	bash $(CLUSTER) down
 
 .PHONY: e2e-local
-e2e-local: install cluster-up ## Local cluster, install memwatch, integration + e2e suites, then down (KEEP=1 keeps it).
+e2e-local: install cluster-up ## Local cluster, install memwatch, integration + e2e suites, then down (KEEP=1 keeps it and the suites' releases).
 	set -o pipefail; rc=0; \
-	KUBECONFIG=$(LOCAL_KUBECONFIG) MEMWATCH_E2E_INSTALL=1 $(VENV)/bin/pytest tests -m "cluster or e2e" $(PYTEST_ARGS) || rc=$$?; \
+	KUBECONFIG=$(LOCAL_KUBECONFIG) MEMWATCH_E2E_INSTALL=1 MEMWATCH_TEST_KEEP=$(KEEP) $(VENV)/bin/pytest tests -m "cluster or e2e" $(PYTEST_ARGS) || rc=$$?; \
 	if [ "$(KEEP)" != "1" ]; then bash $(CLUSTER) down; fi; \
 	exit $$rc
 

@@ -64,6 +64,10 @@ HOPELESS = ("ErrImageNeverPull", "ErrImagePull", "ImagePullBackOff", "InvalidIma
             "CreateContainerConfigError", "CrashLoopBackOff")
 
 
+#: The DaemonSet's template generation (annotation), which its pods carry as a label.
+TEMPLATE_GENERATION = "deprecated.daemonset.template.generation"
+
+
 class Hopeless(Exception):
     """A memwatch pod that will not start without help."""
 
@@ -123,6 +127,10 @@ class Kubectl:
         if agent:
             problems += self.agent_not_ready(namespace, selector)
         for pod in (self.get(f"/api/v1/namespaces/{namespace}/pods", labelSelector=selector) or {}).get("items", []):
+            # A pod of the previous install or revision still shutting down may still act (or look
+            # ready): memwatch is available only once only the new pods run.
+            if pod["metadata"].get("deletionTimestamp"):
+                problems.append(f"pod {pod['metadata']['name']} of a previous revision is still terminating")
             for st in (pod.get("status") or {}).get("containerStatuses") or []:
                 waiting = (st.get("state") or {}).get("waiting") or {}
                 if waiting.get("reason") in HOPELESS:
@@ -143,11 +151,28 @@ class Kubectl:
         nodes = [n["metadata"]["name"] for n in self.get("/api/v1/nodes")["items"]
                  if any(c["type"] == "Ready" and c["status"] == "True" for c in n["status"].get("conditions") or [])
                  and not n["spec"].get("unschedulable")]
+        problems: list[str] = []
+        generations: set[str | None] = set()
+        for ds in self.get(f"/apis/apps/v1/namespaces/{namespace}/daemonsets",
+                           labelSelector=selector + ",app.kubernetes.io/component=agent")["items"]:
+            generation = ds["metadata"].get("generation", 0)
+            # What the DaemonSet controller labels each pod with (pod-template-generation): it
+            # counts template changes, unlike metadata.generation.
+            generations.add((ds["metadata"].get("annotations") or {}).get(TEMPLATE_GENERATION))
+            st = ds.get("status") or {}
+            if st.get("observedGeneration", 0) < generation:
+                problems.append(f"DaemonSet {ds['metadata']['name']} has not seen its new revision yet")
+        if not generations:
+            return ["no agent DaemonSet"]
         pods = self.get(f"/api/v1/namespaces/{namespace}/pods",
                         labelSelector=selector + ",app.kubernetes.io/component=agent")["items"]
+        # Only a pod of the DaemonSet's current template counts, and none that is going away.
         ready = {p["spec"].get("nodeName") for p in pods
-                 if any(c["type"] == "Ready" and c["status"] == "True" for c in p["status"].get("conditions") or [])}
-        return [f"no ready agent pod on node {n}" for n in nodes if n not in ready]
+                 if not p["metadata"].get("deletionTimestamp")
+                 and (None in generations
+                      or (p["metadata"].get("labels") or {}).get("pod-template-generation") in generations)
+                 and any(c["type"] == "Ready" and c["status"] == "True" for c in p["status"].get("conditions") or [])}
+        return problems + [f"no ready agent pod of the current revision on node {n}" for n in nodes if n not in ready]
 
     def wait_available(self, namespace: str, release: str, agent: bool, timeout: float) -> None:
         selector = f"app.kubernetes.io/instance={release}"

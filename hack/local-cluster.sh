@@ -14,7 +14,8 @@ shopt -s inherit_errexit
 on_err() {
     local rc=$? i
     printf '[local-cluster] ERROR: `%s` exited %s at %s:%s' "$BASH_COMMAND" "$rc" "${BASH_SOURCE[1]:-$0}" "${BASH_LINENO[0]}" >&2
-    for ((i = 1; i < ${#FUNCNAME[@]}; i++)); do printf ' in %s()' "${FUNCNAME[$i]}" >&2; done
+    # The last entry is the script itself ("main"), not a function.
+    for ((i = 1; i < ${#FUNCNAME[@]} - 1; i++)); do printf ' in %s()' "${FUNCNAME[$i]}" >&2; done
     printf '\n' >&2
 }
 trap on_err ERR
@@ -209,9 +210,40 @@ go_bin_dir() {
     echo "$goroot/usr/lib/go-1.19/bin"
 }
 
+# Upstream fixes the binaries are built with, one <component>-<what>.patch each
+# (hack/cluster/patches/README.md). A component is rebuilt when its patches change.
+PATCH_DIR=$CLUSTER_DIR/patches
+
+# The patches COMPONENT is built with, as one short hash ("none" without any).
+patches_key() {
+    local files=()
+    shopt -s nullglob
+    files=("$PATCH_DIR/$1"-*.patch)
+    shopt -u nullglob
+    if [ ${#files[@]} -eq 0 ]; then echo none; return; fi
+    cat "${files[@]}" | sha256sum | cut -c1-16
+}
+
+# A component is cached when built, and built with the patches it has now.
+component_cached() {
+    [ -x "$BIN/$1" ] && [ "$(cat "$BIN/$1.patches" 2>/dev/null || echo none)" = "$(patches_key "$1")" ]
+}
+
 k8s_binaries_cached() {
     local c
-    for c in "${K8S_COMPONENTS[@]}"; do [ -x "$BIN/$c" ] || return 1; done
+    for c in "${K8S_COMPONENTS[@]}"; do component_cached "$c" || return 1; done
+}
+
+# Applies every patch to the source tree once (a patch already applied is left alone).
+apply_patches() {
+    local tree=$1 patch
+    shopt -s nullglob
+    for patch in "$PATCH_DIR"/*.patch; do
+        if (cd "$tree" && patch -p1 -R --dry-run -s -f <"$patch" >/dev/null 2>&1); then continue; fi
+        log "applying ${patch#"$REPO_DIR"/}"
+        (cd "$tree" && patch -p1 -N -s <"$patch") >&2 || die "patch ${patch#"$REPO_DIR"/} does not apply to $tree"
+    done
+    shopt -u nullglob
 }
 
 # Downloads and unpacks Debian's kubernetes source package into the cache;
@@ -239,11 +271,12 @@ k8s_source_tree() {
     echo "$tree"
 }
 
-# GOPATH-style build, the way Debian's own rules do it.
+# k8s_make TREE GOBIN COMPONENT...: GOPATH-style build, the way Debian's own rules do it.
 k8s_make() {
     local tree=$1 gobin=$2 what=""
+    shift 2
     local c
-    for c in "${K8S_COMPONENTS[@]}"; do what+="cmd/$c "; done
+    for c in "$@"; do what+="cmd/$c "; done
     # Runs under `if !`, where errexit is off: chain explicitly.
     (
         cd "$tree" || exit 1
@@ -259,27 +292,31 @@ build_k8s() {
         log "kubernetes $K8S_VERSION binaries cached in $BIN"
         return
     fi
-    local tree gobin start=$SECONDS
+    local tree gobin start=$SECONDS c todo=()
+    for c in "${K8S_COMPONENTS[@]}"; do component_cached "$c" || todo+=("$c"); done
     tree=$(k8s_source_tree)
+    apt_install patch
+    apply_patches "$tree"
     gobin=$(go_bin_dir)
-    log "building kubernetes $K8S_VERSION in $tree with $("$gobin/go" version) (about 12 min on 2 cores)"
-    if ! k8s_make "$tree" "$gobin" >&2; then
+    log "building ${todo[*]} $K8S_VERSION in $tree with $("$gobin/go" version) (about 12 min on 2 cores for all)"
+    if ! k8s_make "$tree" "$gobin" "${todo[@]}" >&2; then
         # A failed run can leave a 0-byte generator in _output/ that makes the
         # next one fail with "Permission denied": start over once.
         log "build failed; removing _output and retrying once"
         rm -rf "$tree/_output"
-        k8s_make "$tree" "$gobin" >&2 || die "kubernetes build failed (see output above)"
+        k8s_make "$tree" "$gobin" "${todo[@]}" >&2 || die "kubernetes build failed (see output above)"
     fi
     mkdir -p "$BIN"
-    local c out
-    for c in "${K8S_COMPONENTS[@]}"; do
+    local out
+    for c in "${todo[@]}"; do
         out=$(find "$tree/_output" -type f -name "$c" -perm -u+x | head -n1)
         [ -n "$out" ] || die "build produced no $c"
         install -m 0755 "$out" "$BIN/$c.tmp" && mv "$BIN/$c.tmp" "$BIN/$c"
+        patches_key "$c" >"$BIN/$c.patches"
     done
     # The binaries are what we cache; the 2.6 GB of intermediate output is not.
     rm -rf "$tree/_output" "$tree/.go"
-    log "built kubernetes $K8S_VERSION into $BIN in $((SECONDS - start)) s"
+    log "built ${todo[*]} $K8S_VERSION into $BIN in $((SECONDS - start)) s"
 }
 
 # The pod sandbox image: the upstream pause program, static, in one layer.
@@ -509,6 +546,7 @@ up_certs() {
     issue_cert controller-manager system:kube-controller-manager
     issue_cert scheduler system:kube-scheduler
     issue_cert kubelet "system:node:$NODE_NAME" system:nodes
+    issue_cert kubelet-serving "system:node:$NODE_NAME" system:nodes "IP:$NODE_IP,DNS:$NODE_NAME"
     issue_cert kube-proxy system:kube-proxy
     if [ ! -s "$PKI/sa.pub" ]; then
         openssl genrsa -out "$PKI/sa.key" 2048 2>/dev/null
@@ -857,9 +895,11 @@ build_base_image() {
 # configuration through mounts and a build secret, never through files in
 # the repository.
 build_project_image() {
-    local pipdir mounts=()
+    local pipdir args mounts=()
     pipdir=$(mktemp -d)
-    mapfile -t mounts < <(python3 "$CLUSTER_DIR/pip_passthrough.py" "$pipdir")
+    # Not `< <(...)`: a failure there would go unnoticed.
+    args=$(python3 "$CLUSTER_DIR/pip_passthrough.py" "$pipdir")
+    [ -z "$args" ] || mapfile -t mounts <<<"$args"
     log "building $PROJECT_IMAGE from $REPO_DIR/Dockerfile"
     podman build --network host "${mounts[@]}" --build-arg BASE_IMAGE="$BASE_IMAGE" \
         -t "$PROJECT_IMAGE" -f "$REPO_DIR/Dockerfile" "$REPO_DIR" >"$IMAGES_CACHE/memwatch-build.log" 2>&1 ||
@@ -919,7 +959,8 @@ main() {
         build) cmd_build ;;
         up) cmd_up ;;
         images) cmd_images ;;
-        status) cmd_status ;;
+        # Exit 1 is its answer ("not all up"), not an error to report.
+        status) cmd_status || exit ;;
         down) cmd_down ;;
         -h|--help|help) usage ;;
         *) usage >&2; exit 2 ;;

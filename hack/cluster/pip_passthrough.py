@@ -33,7 +33,11 @@ def effective_config() -> dict[str, str]:
             [sys.executable, "-m", "pip", "config", "list"],
             check=True, capture_output=True, text=True,
         ).stdout
-    except (OSError, subprocess.CalledProcessError):
+    except (OSError, subprocess.CalledProcessError) as error:
+        # The build goes on with pip's defaults; say so, or a later pip failure is a puzzle.
+        detail = (getattr(error, "stderr", "") or str(error)).strip()
+        print(f"pip_passthrough.py: `pip config list` failed, building with pip's defaults: {detail}",
+              file=sys.stderr)
         return {}
     files: dict[str, str] = {}
     env: dict[str, str] = {}
@@ -63,6 +67,9 @@ def local_paths(key: str, value: str) -> list[str]:
 
 
 def main() -> int:
+    if len(sys.argv) != 2 or not os.path.isdir(sys.argv[1]):
+        print(f"usage: {sys.argv[0]} OUT_DIR (an existing directory)", file=sys.stderr)
+        return 2
     out_dir = sys.argv[1]
     config = effective_config()
     cert = config.pop("cert", "")

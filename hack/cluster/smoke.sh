@@ -8,8 +8,14 @@
 #     service-account token (kube-proxy, pod network).
 # Needs `hack/local-cluster.sh up` and `images`. Runs in its own namespace,
 # deleted at the end. Exit 0 when every check passes.
-set -euo pipefail
+set -Eeuo pipefail
 shopt -s inherit_errexit
+# A failing step never exits silently: name the command, its status and where.
+on_err() {
+    local rc=$?
+    printf '[smoke] ERROR: `%s` exited %s at %s:%s\n' "$BASH_COMMAND" "$rc" "${BASH_SOURCE[1]:-$0}" "${BASH_LINENO[0]}" >&2
+}
+trap on_err ERR
 
 ROOT=${MEMWATCH_CLUSTER_ROOT:-/var/lib/memwatch-cluster}
 CACHE=${MEMWATCH_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/memwatch}

@@ -5,7 +5,8 @@ over its limit, and that ServiceAccount is refused what it must not do.
 
 Needs `hack/local-cluster.sh up` and `hack/local-cluster.sh images`
 (images docker.io/library/memwatch:dev and memwatch-hog:dev in the node's
-containerd); skips loudly otherwise. KEEP=1 leaves the release installed.
+containerd); skips loudly otherwise. MEMWATCH_TEST_KEEP=1 (`make e2e-local KEEP=1`) leaves the
+release installed.
 """
 
 from __future__ import annotations
@@ -150,7 +151,7 @@ def cluster() -> Iterator[Cluster]:
         rbac=kubernetes.client.RbacAuthorizationV1Api(api),
         helm=helm,
     )
-    if os.environ.get("KEEP") == "1":
+    if os.environ.get("MEMWATCH_TEST_KEEP") == "1":
         return
     helm.uninstall(RELEASE, ignore_not_found=True, wait="watcher", timeout=120)
     for namespace in (WORKLOAD_NAMESPACE, NAMESPACE):
@@ -262,7 +263,8 @@ ALLOWED = [
     ("patch", "events", WORKLOAD_NAMESPACE, {}),
     ("list", "events", None, {}),
     ("list", "pods", WORKLOAD_NAMESPACE, {"group": "metrics.k8s.io"}),
-    ("get", "nodes", None, {"subresource": "proxy"}),
+    ("get", "nodes", None, {"subresource": "stats"}),  # the kubelet source: its Summary API only
+    ("get", "nodes", None, {}),  # each node's address and kubelet port
     ("create", "leases", NAMESPACE, {"group": "coordination.k8s.io"}),
     ("update", "leases", NAMESPACE, {"group": "coordination.k8s.io", "name": FULLNAME}),
 ]
@@ -277,6 +279,9 @@ REFUSED = [
     ("patch", "pods", WORKLOAD_NAMESPACE, {}),
     ("create", "pods", WORKLOAD_NAMESPACE, {"subresource": "exec"}),
     ("list", "nodes", None, {}),
+    # The kubelet grants exec, containerLogs, pod specs and its configuration to nodes/proxy.
+    ("get", "nodes", None, {"subresource": "proxy"}),
+    ("create", "nodes", None, {"subresource": "proxy"}),
     ("update", "leases", NAMESPACE, {"group": "coordination.k8s.io", "name": "someone-elses"}),
     ("update", "leases", WORKLOAD_NAMESPACE, {"group": "coordination.k8s.io", "name": FULLNAME}),
     ("create", "clusterroles", None, {"group": "rbac.authorization.k8s.io"}),
@@ -329,3 +334,142 @@ def test_service_account_token_is_refused_secrets(cluster: Cluster) -> None:
 def test_helm_test_hook_reaches_the_metrics_service(cluster: Cluster) -> None:
     result = cluster.helm.test(RELEASE, timeout=180, logs=True)
     assert "OK" in result.get("logs", ""), result
+
+
+# --- The kubelet API, as the controller's own ServiceAccount (issue 10, item 1) ----------------
+#
+# The local cluster's kubelet authenticates every caller and authorises it against its RBAC
+# (webhook mode, as real clusters do). What the chart grants must open the Summary API and
+# nothing else of the kubelet's: not logs, pod specs, configuration or exec, neither through the
+# API server's node proxy nor straight at the kubelet's port.
+
+#: What README's RBAC list grants the controller by default (source auto), as (API group,
+#: resource, verb, resource name or "" for any). `kubectl auth can-i --list` as its ServiceAccount
+#: must show nothing beyond this, and README must name each resource.
+README_RBAC = {
+    *(("", "pods", verb, "") for verb in ("get", "list", "watch")),
+    ("", "pods/eviction", "create", ""),
+    *(("", "events", verb, "") for verb in ("create", "patch", "list")),
+    *(("metrics.k8s.io", "pods", verb, "") for verb in ("get", "list")),
+    ("", "nodes", "get", ""),
+    ("", "nodes/stats", "get", ""),
+    ("coordination.k8s.io", "leases", "create", ""),
+    *(("coordination.k8s.io", "leases", verb, FULLNAME) for verb in ("get", "update")),
+}
+#: What every authenticated user may do on any cluster (system:basic-user, system:discovery,
+#: system:public-info-viewer): not the chart's doing.
+EVERYONE = {("authorization.k8s.io", "selfsubjectaccessreviews", "create", ""),
+            ("authorization.k8s.io", "selfsubjectrulesreviews", "create", "")}
+EVERYONE_URLS = {"/api", "/api/*", "/apis", "/apis/*", "/healthz", "/livez", "/openapi", "/openapi/*",
+                 "/readyz", "/version", "/version/",
+                 # system:service-account-issuer-discovery, bound to every ServiceAccount
+                 "/.well-known/openid-configuration", "/openid/v1/jwks"}
+#: Kubelet API paths the controller must not reach: another pod's log, every pod spec on the node,
+#: the kubelet's configuration, and exec (as a WebSocket upgrade is authorised: GET; and POST).
+KUBELET_REFUSED = [
+    ("GET", "containerLogs/{namespace}/{pod}/{container}"),
+    ("GET", "pods"),
+    ("GET", "configz"),
+    ("GET", "exec/{namespace}/{pod}/{container}?command=id&stdout=1&stderr=1"),
+    ("POST", "exec/{namespace}/{pod}/{container}?command=id&stdout=1&stderr=1"),
+]
+
+
+def _as_controller(cluster: Cluster) -> Any:
+    """An API client that authenticates with a token of the controller's ServiceAccount."""
+    configuration = kubernetes.client.Configuration()
+    admin = cluster.api.configuration
+    configuration.host = admin.host
+    configuration.ssl_ca_cert = admin.ssl_ca_cert
+    configuration.api_key = {"authorization": f"Bearer {_service_account_token(cluster)}"}
+    return kubernetes.client.ApiClient(configuration)
+
+
+def _rules(client: Any, namespace: str) -> tuple[set[tuple[str, str, str, str]], set[str]]:
+    """What `kubectl auth can-i --list -n NAMESPACE` shows (the SelfSubjectRulesReview it sends)."""
+    body: Any = {"apiVersion": "authorization.k8s.io/v1", "kind": "SelfSubjectRulesReview",
+                 "spec": {"namespace": namespace}}
+    review: Any = kubernetes.client.AuthorizationV1Api(client).create_self_subject_rules_review(body)
+    assert not review.status.incomplete, review.status.evaluation_error
+    granted = {
+        (group, resource, verb, name)
+        for rule in review.status.resource_rules
+        for group in rule.api_groups or [""]
+        for resource in rule.resources or []
+        for verb in rule.verbs
+        for name in rule.resource_names or [""]
+    }
+    urls = {url for rule in review.status.non_resource_rules for url in rule.non_resource_urls or []}
+    return granted, urls
+
+
+def test_service_account_can_do_nothing_beyond_the_readme_rbac_list(cluster: Cluster) -> None:
+    client = _as_controller(cluster)
+    for namespace in (WORKLOAD_NAMESPACE, NAMESPACE):
+        granted, urls = _rules(client, namespace)
+        assert granted - README_RBAC - EVERYONE == set(), f"in {namespace}"
+        assert urls - EVERYONE_URLS == set(), f"in {namespace}"
+    # The list above is README's: each resource is named there (a Lease as "Lease").
+    readme = (Path(CHART_DIR).parents[1] / "README.md").read_text().lower()
+    assert not [r for _, r, _, _ in README_RBAC if r.removesuffix("s") not in readme]
+
+
+@dataclass
+class KubeletAnswer:
+    status: int
+    body: str
+
+
+def _node(cluster: Cluster) -> Any:
+    (node,) = cluster.core.list_node().items
+    return node
+
+
+def _https(cluster: Cluster, method: str, url: str, token: str | None) -> KubeletAnswer:
+    """One request, verifying the server's certificate against the cluster's CA."""
+    import urllib3
+
+    pool = urllib3.PoolManager(cert_reqs="CERT_REQUIRED", ca_certs=cluster.api.configuration.ssl_ca_cert)
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    answer = pool.request(method, url, headers=headers, timeout=30, retries=False, redirect=False)
+    return KubeletAnswer(answer.status, answer.data.decode("utf-8", "replace"))
+
+
+def _kubelet(cluster: Cluster, method: str, path: str, token: str | None) -> KubeletAnswer:
+    """A request straight to the node's kubelet (https://<InternalIP>:<kubelet port>/<path>)."""
+    node = _node(cluster)
+    address = next(a.address for a in node.status.addresses if a.type == "InternalIP")
+    port = node.status.daemon_endpoints.kubelet_endpoint.port
+    return _https(cluster, method, f"https://{address}:{port}/{path}", token)
+
+
+def _target(cluster: Cluster, path: str) -> str:
+    """PATH with {namespace}/{pod}/{container} set to the controller's own pod (it exists)."""
+    pod = cluster.controller_pod()
+    return path.format(namespace=NAMESPACE, pod=pod.metadata.name, container=pod.spec.containers[0].name)
+
+
+def test_kubelet_refuses_a_request_without_credentials(cluster: Cluster) -> None:
+    answer = _kubelet(cluster, "GET", "pods", token=None)
+    assert answer.status == 401, answer
+
+
+@pytest.mark.parametrize(("method", "path"), KUBELET_REFUSED)
+def test_kubelet_refuses_the_controller_directly(cluster: Cluster, method: str, path: str) -> None:
+    answer = _kubelet(cluster, method, _target(cluster, path), _service_account_token(cluster))
+    assert answer.status == 403, answer
+
+
+@pytest.mark.parametrize(("method", "path"), KUBELET_REFUSED)
+def test_api_server_node_proxy_refuses_the_controller(cluster: Cluster, method: str, path: str) -> None:
+    node = _node(cluster).metadata.name
+    url = f"{cluster.api.configuration.host}/api/v1/nodes/{node}/proxy/{_target(cluster, path)}"
+    answer = _https(cluster, method, url, _service_account_token(cluster))
+    assert answer.status == 403, answer
+
+
+def test_kubelet_serves_the_summary_api_to_the_controller(cluster: Cluster) -> None:
+    answer = _kubelet(cluster, "GET", "stats/summary", _service_account_token(cluster))
+    assert answer.status == 200, answer
+    node = _node(cluster).metadata.name
+    assert f'"nodeName": "{node}"' in answer.body or f'"nodeName":"{node}"' in answer.body, answer.body[:500]

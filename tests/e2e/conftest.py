@@ -3,11 +3,14 @@ fresh namespace per test.
 
 Where memwatch comes from:
 
+The release is always release ``$MEMWATCH_E2E_RELEASE`` in namespace ``$MEMWATCH_E2E_NAMESPACE``
+(both `memwatch`, the installers' defaults), never another release found on the cluster:
+
 * already installed (kind: `tests/e2e/kind/run.sh` installs the chart with `helm` and sets
   ``MEMWATCH_E2E_INSTALLED=1``): the suite uses it, and fails if it cannot be found;
 * otherwise, with ``MEMWATCH_E2E_INSTALL=1``, or by default on the local cluster's kubeconfig
   (`hack/local-cluster.sh`): the suite installs the chart through `hack/e2e-install.py` with
-  `tests/e2e/values-e2e.yaml`, and uninstalls it when the e2e tests are done (``MEMWATCH_E2E_KEEP=1``
+  `tests/e2e/values-e2e.yaml`, and uninstalls it when the e2e tests are done (``MEMWATCH_TEST_KEEP=1``
   keeps it), so that a cluster-wide memwatch never outlives them into other suites;
 * otherwise every e2e test is skipped, loudly.
 
@@ -27,7 +30,7 @@ from typing import Any
 
 import pytest
 
-from .support import Cluster, Memwatch, PodRecorder, unique
+from .support import E2E_NAMESPACE, E2E_RELEASE, Cluster, Memwatch, PodRecorder, unique
 
 ROOT = Path(__file__).resolve().parents[2]
 LOCAL_KUBECONFIG = "/var/lib/memwatch-cluster/kubeconfig"
@@ -110,7 +113,8 @@ def cluster() -> Cluster:
 
 
 def _install(kubeconfig: str, verb: str) -> None:
-    cmd = [sys.executable, str(INSTALLER), verb, "--kubeconfig", kubeconfig]
+    cmd = [sys.executable, str(INSTALLER), verb, "--kubeconfig", kubeconfig,
+           "--namespace", E2E_NAMESPACE, "--release", E2E_RELEASE]
     if verb == "install":
         cmd += ["--values", str(VALUES)]
     print(f"\n$ {' '.join(cmd)}", flush=True)
@@ -124,25 +128,26 @@ def memwatch(cluster: Cluster) -> Iterator[Memwatch]:
     installed_here = False
     if found is None:
         if _truthy("MEMWATCH_E2E_INSTALLED"):
-            pytest.fail("MEMWATCH_E2E_INSTALLED=1 but no memwatch controller Deployment "
-                        "(label app.kubernetes.io/component=controller) is on the cluster")
+            pytest.fail(f"MEMWATCH_E2E_INSTALLED=1 but release {E2E_RELEASE} has no controller Deployment "
+                        f"in namespace {E2E_NAMESPACE} (set MEMWATCH_E2E_NAMESPACE / MEMWATCH_E2E_RELEASE)")
         kubeconfig = cluster.kubeconfig or ""
         on_local = kubeconfig and os.path.realpath(kubeconfig) == os.path.realpath(LOCAL_KUBECONFIG)
         install = _truthy("MEMWATCH_E2E_INSTALL")
         if install is None:
             install = bool(on_local)
         if not install:
-            reason = ("memwatch is not installed on this cluster; install the chart with "
-                      "tests/e2e/values-e2e.yaml, or set MEMWATCH_E2E_INSTALL=1")
+            reason = (f"release {E2E_RELEASE} is not installed in namespace {E2E_NAMESPACE}; install the chart "
+                      "with tests/e2e/values-e2e.yaml, or set MEMWATCH_E2E_INSTALL=1")
             _SKIPPED.append(reason)
             pytest.skip(f"SKIPPED e2e: {reason}")
         _install(kubeconfig, "install")
         installed_here = True
         found = Memwatch.find(cluster)
-        assert found is not None, "hack/e2e-install.py succeeded but no controller Deployment was found"
+        assert found is not None, (f"hack/e2e-install.py succeeded but release {E2E_RELEASE} has no controller "
+                                   f"Deployment in namespace {E2E_NAMESPACE}")
     found.wait_ready()
     yield found
-    if installed_here and not _truthy("MEMWATCH_E2E_KEEP"):
+    if installed_here and not _truthy("MEMWATCH_TEST_KEEP"):
         _install(cluster.kubeconfig or "", "uninstall")
 
 

@@ -440,35 +440,44 @@ def _flag(args: list[str], name: str) -> str | None:
     return None
 
 
+#: The release the suite tests: the installers' (`hack/e2e-install.py`, `tests/e2e/kind/run.sh`) defaults.
+E2E_NAMESPACE = os.environ.get("MEMWATCH_E2E_NAMESPACE", "memwatch")
+E2E_RELEASE = os.environ.get("MEMWATCH_E2E_RELEASE", "memwatch")
+
+
 @dataclass
 class Memwatch:
-    """The memwatch release under test, found by its labels."""
+    """The memwatch release under test, found by its namespace and release name."""
 
     cluster: Cluster
     namespace: str
     deployment: str
     args: list[str]
     agent_daemonset: str | None
+    release: str = E2E_RELEASE
 
     @classmethod
-    def find(cls, cluster: Cluster) -> Memwatch | None:
-        """The release in $MEMWATCH_E2E_NAMESPACE (default `memwatch`, where the installers put
-        it), else the only one on the cluster. Other suites may install releases of their own."""
-        home = os.environ.get("MEMWATCH_E2E_NAMESPACE", "memwatch")
-        deps = cluster.get(f"/apis/apps/v1/namespaces/{home}/deployments",
-                           labelSelector=CONTROLLER_SELECTOR).get("items") or []
-        if not deps:
-            deps = cluster.get("/apis/apps/v1/deployments", labelSelector=CONTROLLER_SELECTOR).get("items") or []
-            if len(deps) > 1:
-                found = ", ".join(f"{d['metadata']['namespace']}/{d['metadata']['name']}" for d in deps)
-                raise AssertionError(f"several memwatch releases ({found}) and none in namespace {home}: "
-                                     "set MEMWATCH_E2E_NAMESPACE")
+    def find(cls, cluster: Cluster, namespace: str = E2E_NAMESPACE, release: str = E2E_RELEASE) -> Memwatch | None:
+        """Release ``release`` in ``namespace`` ($MEMWATCH_E2E_RELEASE and $MEMWATCH_E2E_NAMESPACE, both
+        `memwatch` by default), or None. Never another release: other suites install their own,
+        configured for their own pods, and a suite that borrowed one would test the wrong thing."""
+        instance = f",app.kubernetes.io/instance={release}"
+        deps = cluster.get(f"/apis/apps/v1/namespaces/{namespace}/deployments",
+                           labelSelector=CONTROLLER_SELECTOR + instance).get("items") or []
         if not deps:
             return None
+        if len(deps) > 1:
+            raise AssertionError(f"release {release} in {namespace} has several controller Deployments: "
+                                 + ", ".join(d["metadata"]["name"] for d in deps))
         dep = deps[0]
-        ns = dep["metadata"]["namespace"]
-        ds = cluster.get(f"/apis/apps/v1/namespaces/{ns}/daemonsets", labelSelector=AGENT_SELECTOR).get("items")
-        return cls(cluster, ns, dep["metadata"]["name"], _args_of(dep), ds[0]["metadata"]["name"] if ds else None)
+        ds = cluster.get(f"/apis/apps/v1/namespaces/{namespace}/daemonsets",
+                         labelSelector=AGENT_SELECTOR + instance).get("items")
+        return cls(cluster, namespace, dep["metadata"]["name"], _args_of(dep),
+                   ds[0]["metadata"]["name"] if ds else None, release)
+
+    def selector(self, base: str = SELF_SELECTOR) -> str:
+        """``base`` narrowed to this release's pods."""
+        return f"{base},app.kubernetes.io/instance={self.release}"
 
     # -- configuration, from the controller's own flags ----------------------------------------
     def duration(self, flag: str, default: float) -> float:
@@ -495,7 +504,7 @@ class Memwatch:
         """None when an agent pod (not one of ``exclude``) is ready on every Ready node, else why not."""
         if not self.agent_daemonset:
             return "the agent DaemonSet is not deployed (chart value agent.enabled=false)"
-        ready = {p["spec"].get("nodeName") for p in self.cluster.pods(self.namespace, AGENT_SELECTOR)
+        ready = {p["spec"].get("nodeName") for p in self.cluster.pods(self.namespace, self.selector(AGENT_SELECTOR))
                  if p["metadata"]["name"] not in exclude and not p["metadata"].get("deletionTimestamp")
                  and pod_ready(p)}
         missing = [n for n in self.cluster.ready_nodes() if n not in ready]
@@ -504,7 +513,7 @@ class Memwatch:
     # -- pods and logs -------------------------------------------------------------------------
     def controller_pods(self) -> list[dict[str, Any]]:
         """The controller pods that run and are not going away."""
-        return [p for p in self.cluster.pods(self.namespace, CONTROLLER_SELECTOR)
+        return [p for p in self.cluster.pods(self.namespace, self.selector(CONTROLLER_SELECTOR))
                 if not p["metadata"].get("deletionTimestamp") and (p.get("status") or {}).get("phase") == "Running"]
 
     def controller_pod(self) -> dict[str, Any]:
@@ -513,7 +522,7 @@ class Memwatch:
         return pods[0]
 
     def all_pods(self) -> list[dict[str, Any]]:
-        return self.cluster.pods(self.namespace, SELF_SELECTOR)
+        return self.cluster.pods(self.namespace, self.selector())
 
     def logs(self) -> dict[str, str]:
         """Every memwatch pod's log (controller and agent), by pod name."""
@@ -543,7 +552,7 @@ class Memwatch:
             return None
 
         def broken() -> str | None:
-            for pod in self.cluster.pods(self.namespace, CONTROLLER_SELECTOR):
+            for pod in self.cluster.pods(self.namespace, self.selector(CONTROLLER_SELECTOR)):
                 problem = hopeless(pod)
                 if problem:
                     return f"controller pod {pod['metadata']['name']}: {problem}"
