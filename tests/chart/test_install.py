@@ -349,7 +349,7 @@ def test_helm_test_hook_reaches_the_metrics_service(cluster: Cluster) -> None:
 README_RBAC = {
     *(("", "pods", verb, "") for verb in ("get", "list", "watch")),
     ("", "pods/eviction", "create", ""),
-    *(("", "events", verb, "") for verb in ("create", "patch", "list")),
+    *(("", "events", verb, "") for verb in ("create", "patch", "list", "watch")),
     *(("metrics.k8s.io", "pods", verb, "") for verb in ("get", "list")),
     ("", "nodes", "get", ""),
     ("", "nodes/stats", "get", ""),

@@ -181,7 +181,10 @@ def test_kubelet_source_reads_real_working_set(scenario: Scenario, cluster: Clus
 
     samples = wait_for("the kubelet to report the hog's working set", measured, MEASURED, interval=2)
     now = time.time()
-    assert kube.requests == {("GET", "nodes/proxy"): fetches}, "one Summary GET per node per fetch, nothing else"
+    # One Summary GET straight to the kubelet per node per fetch, and one Node GET (its address,
+    # cached), nothing else: never the API server's node proxy.
+    assert kube.requests == {("GET", "nodes/stats"): fetches, ("GET", "nodes"): 1}, \
+        "one Summary GET per node per fetch, nothing else"
     assert set(samples) == {r.uid for r in records}
     for name, (low, high) in {"own": (HOLD_MIB - 8, HOLD_MIB + 40), "guarded-ns": (HOLD_MIB - 8, HOLD_MIB + 40),
                               "sleeper": (SLEEPER_MIB - 2, SLEEPER_MIB + 20)}.items():
@@ -192,7 +195,7 @@ def test_kubelet_source_reads_real_working_set(scenario: Scenario, cluster: Clus
         assert -2 <= now - usage.timestamp <= 45, f"{name}: sample {now - usage.timestamp:.1f}s old"
     # The controller's own sweeps: at most one Summary GET per sweep (one node hosts every pod);
     # the sweep under way may have read already but not yet counted itself.
-    summaries = scenario.controller.kube.request_count("GET", "nodes/proxy")
+    summaries = scenario.controller.kube.request_count("GET", "nodes/stats")
     assert 0 < summaries <= scenario.controller.sweeper.sweeps + 1
 
 

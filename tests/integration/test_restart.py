@@ -72,7 +72,7 @@ def test_restart_does_not_act_twice(cluster: Cluster, namespace: str) -> None:
     dry_events = admin.events(namespace, dry_uid, REASON_DRY_RUN)
     assert [e["source"].get("host") for e in dry_events] == [identity_for("restart-a")]
     assert len(logs.lines(rf"action=would-evict pod={namespace}/dry-run ")) == 1
-    loaded = [int(n) for n in re.findall(r"loaded (\d+) earlier memwatch Events", "\n".join(logs.lines()))]
+    loaded = [int(n) for n in re.findall(r"ready: .* earlier_events=(\d+) ", "\n".join(logs.lines()))]
     assert len(loaded) == 2 and loaded[0] == 0 and loaded[1] >= 2, loaded  # the second one read the first's
     # The escalation deadline ran from the first refusal (Event times have one-second resolution).
     assert TIMEOUT - 1.5 <= escalated_at - refused_at <= TIMEOUT + 4, escalated_at - refused_at
