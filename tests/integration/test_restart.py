@@ -79,9 +79,8 @@ def test_restart_does_not_act_twice(cluster: Cluster, namespace: str) -> None:
     assert escalated_at - restarted_at < TIMEOUT - 3, "the restart reset the escalation deadline"
     second_refusal = [e for e in admin.events(namespace, blocked_uid, REASON_BLOCKED)
                       if e["source"].get("host") == identity_for("restart-b")]
-    assert len(second_refusal) == 1  # refused again on its first try, it says how little time is left
-    left = re.search(r"escalating to delete in (\d+)s", second_refusal[0]["message"])
-    assert left and int(left[1]) < TIMEOUT - 3, second_refusal[0]["message"]
+    # The first refusal's Event is remembered across the restart: the pod gets one, not one per process.
+    assert second_refusal == []
     escalations = admin.events(namespace, blocked_uid, REASON_ESCALATED)
     assert [e["source"].get("host") for e in escalations] == [identity_for("restart-b")]
 
