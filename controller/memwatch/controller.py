@@ -108,9 +108,7 @@ class Controller:
 
     def stop(self) -> None:
         """Stop sweeping, then release the Lease so a successor takes over at its next retry."""
-        self.sweeper.stop()
-        if self.sweeper._thread is not None:
-            self.sweeper._thread.join(timeout=10)
+        self.sweeper.stop()  # joins the sweep thread: no write can follow the lease's release
         if self.leader is not None:
             self.leader.stop()
         for w in self.watchers:

@@ -241,5 +241,8 @@ class Sweeper:
         self._thread = threading.Thread(target=self.run, name="sweep", daemon=True)
         self._thread.start()
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop the loop and wait (up to ``timeout``) for a sweep under way to finish."""
         self._stop.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout)
