@@ -136,7 +136,7 @@ COMMON: tuple[Option, ...] = (
            metavar="NS"),
     Option("--all-namespaces", "watch every namespace (the default when no --namespace is given)", boolean=True),
     Option("--exclude-namespace", "never act in this namespace (repeatable)", repeat=True, metavar="NS"),
-    Option("--protected-namespace", "namespace protected unless allowed (repeatable; default: kube-system)",
+    Option("--protected-namespace", "namespace protected unless allowed (repeatable)",
            repeat=True, default=["kube-system"], metavar="NS"),
     Option("--allow-namespace", "let memwatch act in this protected namespace (repeatable)", repeat=True,
            metavar="NS"),

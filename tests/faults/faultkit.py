@@ -359,13 +359,15 @@ class ApiTap:
     certificate, so the client verifies it as usual), pumping bytes both ways. When a request whose
     first line contains ``trigger`` (for example ``POST /api/v1/namespaces/x/pods/y/eviction``) has
     been sent upstream, the first byte of its answer runs ``on_answer`` *before* it is forwarded:
-    the API server has carried the request out, and the client has not heard so.
+    the API server has carried the request out, and the client has not heard so. With
+    ``on_request`` set instead, that runs when the request is seen, and the request is dropped.
     """
 
     def __init__(self, upstream: tuple[str, int]) -> None:
         self.upstream = upstream
         self.trigger: bytes | None = None
         self.on_answer: Callable[[], None] | None = None
+        self.on_request: Callable[[], None] | None = None  # runs *instead of* forwarding the request
         self.fired = threading.Event()
         self._server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         self._server_ctx.load_cert_chain(str(PKI / "apiserver.crt"), str(PKI / "apiserver.key"))
@@ -406,6 +408,10 @@ class ApiTap:
             with contextlib.suppress(OSError, ssl.SSLError):
                 while data := client.recv(65536):
                     if self.trigger is not None and not self.fired.is_set() and self.trigger in data:
+                        if self.on_request is not None:
+                            self.fired.set()
+                            self.on_request()
+                            break  # the request never reaches the API server
                         armed.set()
                     up.sendall(data)
             with contextlib.suppress(OSError):
