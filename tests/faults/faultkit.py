@@ -93,7 +93,7 @@ def api_answers(admin: Admin, timeout: float = 90) -> None:
     """Wait until the API server answers again (after a restart or a freeze)."""
     def ok() -> bool:
         try:
-            admin.kube.get_json("/readyz", timeout=2)
+            admin.kube.get_json("/version", timeout=2)
             return True
         except Exception:
             return False
@@ -114,7 +114,7 @@ class PodWrite:
     subresource: str
     namespace: str
     name: str
-    uid: str | None  # the pod instance it was aimed at (its preconditions.uid), if it named one
+    uid: str | None  # the pod instance it was aimed at (preconditions.uid, else by name and time)
     code: int
 
     @property
@@ -141,6 +141,21 @@ def _precondition_uid(body: Any) -> str | None:
     return uid if isinstance(uid, str) else None
 
 
+#: Every pod instance the suite created: (namespace, name) -> [(creation epoch, UID)], oldest first.
+INSTANCES: dict[tuple[str, str], list[tuple[float, str]]] = {}
+
+
+def _instance_at(namespace: str, name: str, at: float) -> str | None:
+    """The UID of the pod called ``name`` that existed at ``at``: the newest created by then.
+
+    Kubernetes 1.20's audit log leaves the request body out of eviction entries (deletes have it),
+    so an eviction is tied to its pod instance by name and time. That is exact for the evictions
+    that count, the accepted ones: the API server evicts whichever pod has the name at that moment.
+    """
+    candidates = [uid for created, uid in INSTANCES.get((namespace, name), ()) if created <= at + 1.0]
+    return candidates[-1] if candidates else None
+
+
 def pod_writes(audit_log: Path, namespace: str, user: Callable[[str], bool] = lambda _: True) -> list[PodWrite]:
     """Every completed eviction/delete of a pod in ``namespace`` by a user ``user`` accepts."""
     out: dict[str, PodWrite] = {}
@@ -162,9 +177,10 @@ def pod_writes(audit_log: Path, namespace: str, user: Callable[[str], bool] = la
             who = (ev.get("impersonatedUser") or {}).get("username") or (ev.get("user") or {}).get("username", "")
             if not user(who):
                 continue
+            at, name = _epoch(ev.get("requestReceivedTimestamp")), ref.get("name", "")
             out[ev.get("auditID", line)] = PodWrite(
-                at=_epoch(ev.get("requestReceivedTimestamp")), user=who, verb=verb, subresource=sub,
-                namespace=namespace, name=ref.get("name", ""), uid=_precondition_uid(ev.get("requestObject")),
+                at=at, user=who, verb=verb, subresource=sub, namespace=namespace, name=name,
+                uid=_precondition_uid(ev.get("requestObject")) or _instance_at(namespace, name, at),
                 code=int((ev.get("responseStatus") or {}).get("code") or 0))
     return sorted(out.values(), key=lambda w: w.at)
 
@@ -287,7 +303,10 @@ class KubeletFaultProxy:
         self.delay = delay
         self.requests: Counter[str] = Counter()
         self.kubelet = f"https://{host}:{kubelet_port}"
-        self._pool = urllib3.PoolManager(cert_reqs="CERT_REQUIRED", ca_certs=str(PKI / "ca.crt"))
+        # The caller's token is passed on; a client certificate cannot be, so the proxy presents
+        # the admin's (the in-process controller authenticates with that same certificate).
+        self._pool = urllib3.PoolManager(cert_reqs="CERT_REQUIRED", ca_certs=str(PKI / "ca.crt"),
+                                         cert_file=str(PKI / "admin.crt"), key_file=str(PKI / "admin.key"))
         proxy = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -551,7 +570,19 @@ def create_running(admin: Admin, namespace: str, manifests: Iterable[Mapping[str
         admin.create_pod(namespace, m)
         names.append(m["metadata"]["name"])
     pods = admin.wait_running(namespace, names, timeout)
+    for name, pod in pods.items():
+        INSTANCES.setdefault((namespace, name), []).append(
+            (_epoch(pod["metadata"]["creationTimestamp"]), pod["metadata"]["uid"]))
+        INSTANCES[(namespace, name)].sort()
     return {name: pod["metadata"]["uid"] for name, pod in pods.items()}
+
+
+def create(admin: Admin, namespace: str, manifest: Mapping[str, Any]) -> str:
+    """Create one pod without waiting for it (memwatch may act on it before it is Ready); its UID."""
+    pod = admin.create_pod(namespace, manifest)
+    meta = pod["metadata"]
+    INSTANCES.setdefault((namespace, meta["name"]), []).append((_epoch(meta["creationTimestamp"]), meta["uid"]))
+    return str(meta["uid"])
 
 
 def not_the_cluster(user: str) -> bool:
