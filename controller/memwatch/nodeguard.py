@@ -35,6 +35,7 @@ import logging
 import queue
 import re
 import uuid
+from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -336,6 +337,18 @@ def choose_victim(candidates: Sequence[Candidate], exclude: Iterable[str] = ()) 
 # The guard: decision state, one victim at a time
 
 
+@dataclass(frozen=True, slots=True)
+class GuardTiming:
+    """One guard action's timestamps (epoch), for the benchmark: ``over_at`` is the first sample past a
+    line in this episode (the crossing itself lies within one sample period before it)."""
+
+    action: str
+    uid: str
+    rule: str
+    over_at: float
+    acted_at: float
+
+
 @dataclass(slots=True)
 class Pending:
     """The victim being acted on or waited for."""
@@ -381,12 +394,14 @@ class NodeGuard:
         self.reader = reader or NodeSignalReader(agent.source.hierarchy, clock=agent.clock.wall)
         self.pods = NodePods(agent.settings.protections.reason)
         self.pending: Pending | None = None
-        self.results: queue.SimpleQueue[tuple[str, str, WriteResult]] = queue.SimpleQueue()
+        self.results: queue.SimpleQueue[tuple[str, str, WriteResult, float]] = queue.SimpleQueue()
         self.excluded: set[str] = set()  # refused or failed in this pressure episode
         self.reported: set[tuple[str, str]] = set()  # dry-run: (uid, rung) said in this pressure episode
         self.level = Level.OK
         self.last: NodeSignals | None = None
         self.fds: list[tuple[int, int]] = []
+        self.over_at: float | None = None  # first sample past a line in this episode
+        self.timings: deque[GuardTiming] = deque(maxlen=1000)
         self._paths: dict[str, Path] = {}
         self._said: set[str] = set()
         self.caps = RateCaps(cfg.max_per_minute, 0, self.clock.mono)
@@ -445,10 +460,15 @@ class NodeGuard:
         level, why = assess(sig, self.cfg)
         self.level = level
         self.g_level.set(int(level))
+        if level is Level.OK:
+            self.over_at = None
+        elif self.over_at is None:
+            self.over_at = sig.timestamp
         self._arm(sig)
         if self.pending is not None:
             self._follow(sig, level, why)
-            return level
+            if self.pending is not None:
+                return level
         if level is Level.OK:
             self.excluded.clear()
             self.reported.clear()
@@ -550,6 +570,7 @@ class NodeGuard:
             self._submit(p)
             return
         p.started = self.clock.mono()
+        self._timing("killed", p, self.clock.wall())
         self._report("killed", p, result.describe())
 
     def _submit(self, p: Pending) -> None:
@@ -564,7 +585,7 @@ class NodeGuard:
                 res = kube.delete_pod(pod.namespace, pod.name, pod.uid, grace)
             else:
                 res = kube.evict(pod.namespace, pod.name, pod.uid, grace)
-            self.results.put((pod.uid, rung, res))
+            self.results.put((pod.uid, rung, res, self.clock.wall()))
 
         p.in_flight = self.agent.worker.submit(job, "node-guard:" + pod.uid)
         p.started = self.clock.mono()
@@ -572,7 +593,7 @@ class NodeGuard:
     def _drain(self) -> None:
         while True:
             try:
-                uid, rung, res = self.results.get_nowait()
+                uid, rung, res, acted = self.results.get_nowait()
             except queue.Empty:
                 return
             p = self.pending
@@ -581,6 +602,7 @@ class NodeGuard:
             p.in_flight = False
             p.started = self.clock.mono()
             if res.ok:
+                self._timing({"delete": "deleted"}.get(rung, "evicted"), p, acted)
                 self._report({"delete": "deleted"}.get(rung, "evicted"), p,
                              "grace 0" if rung in ("delete", "evict-now") else
                              f"grace {min(p.pod.grace, self.cfg.grace)}s (capped by --node-guard-grace)")
@@ -599,6 +621,10 @@ class NodeGuard:
                 self.pending = None
             else:
                 self._fail(p, f"{rung} failed: HTTP {res.status} {res.message[:200]}")
+
+    def _timing(self, action: str, p: Pending, acted: float) -> None:
+        over = self.over_at if self.over_at is not None else p.signals.timestamp
+        self.timings.append(GuardTiming(action, p.pod.uid, p.rule, over, acted))
 
     def _fail(self, p: Pending, detail: str) -> None:
         self._report("failed", p, detail, warning=True)

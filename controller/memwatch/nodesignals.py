@@ -36,9 +36,8 @@ from memwatch.cgroups import CgroupError, CgroupReader, Hierarchy, Unreadable, V
 
 log = logging.getLogger("memwatch.nodeguard")
 
-#: How often a missing kubepods cgroup is looked for again, and its limit re-read (the kubelet sets it once).
+#: How often a missing kubepods cgroup is looked for again.
 REDISCOVER_SECONDS = 30.0
-LIMIT_SECONDS = 10.0
 #: The PSI trigger asked for when arming: wake when ``full`` stalls reach 100 ms within 1 s.
 PSI_TRIGGER = b"full 100000 1000000\x00"
 
@@ -118,8 +117,9 @@ class NodeSignalReader:
 
     def __init__(self, hierarchy: Hierarchy, proc: Path = Path("/proc"),
                  meminfo: Callable[[], tuple[int, int]] = _virtual_memory,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, psi_trigger: bool = True) -> None:
         self.hierarchy = hierarchy
+        self.psi_trigger = psi_trigger  # tests with a fake /proc say False: a plain file accepts any write
         self.proc = proc
         self.meminfo = meminfo
         self.clock = clock
@@ -127,7 +127,6 @@ class NodeSignalReader:
         self.kubepods_path: Path | None = None
         self._looked = -1e18
         self._limit: int | None = None
-        self._limit_at = -1e18
         self._psi_fd: int | None = None
         self._cg_psi_fd: int | None = None
         self._said: set[str] = set()
@@ -154,7 +153,6 @@ class NodeSignalReader:
         try:
             self.kubepods = CgroupReader(bases[0], self.hierarchy, self.clock)
             self.kubepods_path = bases[0]
-            self._limit_at = -1e18
         except CgroupError as exc:
             self._once("kubepods-open", "node guard: cannot open %s (%s); retrying every %.0fs",
                        bases[0], exc, REDISCOVER_SECONDS)
@@ -170,9 +168,7 @@ class NodeSignalReader:
             return None, None, None
         try:
             usage = reader.read(fresh=True).working_set
-            now = time.monotonic()
-            if now - self._limit_at >= LIMIT_SECONDS:
-                self._limit, self._limit_at = reader.hard_limit(), now
+            self._limit = reader.hard_limit()  # every sample: ~10 us, and the kubelet may resize kubepods
         except (Vanished, Unreadable) as exc:
             self._once(f"kubepods-read:{exc}", "node guard: cannot read %s: %s (said once)", reader.path, exc)
             self._close_kubepods()
@@ -244,7 +240,7 @@ class NodeSignalReader:
                     self._once("kubepods-eventfd", "node guard: no kernel threshold notification on %s (%s); "
                                "sampling it every agent sample instead", reader.path, exc)
             fds += [(fd, 1) for fd in reader.events]
-        if self.trigger_fd is None and "psi-trigger" not in self._said:
+        if self.psi_trigger and self.trigger_fd is None and "psi-trigger" not in self._said:
             path = self.proc / "pressure" / "memory"
             fd = -1
             try:
@@ -286,10 +282,24 @@ def pod_working_set(path: Path, hierarchy: Hierarchy) -> int | None:
         reader.close()
 
 
-def oom_kills(cgroup: Path, hierarchy: Hierarchy) -> int | None:
-    """The kernel's OOM kill counter of a cgroup (v1 ``memory.oom_control``, v2 ``memory.events``)."""
+def oom_kills(cgroup: Path, hierarchy: Hierarchy, max_cgroups: int = 4096) -> int | None:
+    """The kernel's OOM kill count in a cgroup and every cgroup below it (v1 ``memory.oom_control``, v2
+    ``memory.events``). v1 counts a kill only in the victim's own cgroup (a pod's, not kubepods'), so the
+    subtree is summed; v2's ``memory.events`` is hierarchical already, so only ``cgroup`` is read there.
+    None when ``cgroup`` itself cannot be read."""
     name = "memory.oom_control" if hierarchy.version == 1 else "memory.events"
     try:
-        return parse_stat((cgroup / name).read_text(), "oom_kill")
+        total = parse_stat((cgroup / name).read_text(), "oom_kill") or 0
     except (OSError, Unreadable):
         return None
+    if hierarchy.version == 2:
+        return total
+    seen = 0
+    for top, dirs, _ in os.walk(cgroup):
+        for d in dirs:
+            seen += 1
+            if seen > max_cgroups:
+                return total
+            with contextlib.suppress(OSError, Unreadable):
+                total += parse_stat((Path(top) / d / name).read_text(), "oom_kill") or 0
+    return total
