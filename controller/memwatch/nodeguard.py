@@ -537,6 +537,10 @@ class NodeGuard:
         rung = rung or (self._hard_rung() if level is Level.HARD else "evict")
         path = self._paths.get(pod.uid)
         now = self.clock.mono()
+        if rung != "kill" and not self.agent.settings.evict:
+            self._once("no-evict", "node guard: node=%s is short (%s), but --evict=false: no API action; the guard "
+                       "acts only at the hard line, and only with the kill rung (--kill)", self.node, why)
+            return
         if self.cfg.mode is Mode.DRY_RUN:
             self.pending = Pending(pod, choice.rule, "would-" + rung, level, why, sig, choice.victim.usage, now, path)
             if (pod.uid, rung) not in self.reported:

@@ -299,3 +299,12 @@ def test_the_tee_feeds_the_guard_from_the_agents_own_watch(v1_tree: Path) -> Non
     narrowed = Agent(make_settings(v1_tree, node_guard=cfg, label_selector="memwatch.io/watch=true"),
                      kube=object(), source=CgroupSource(Hierarchy.detect(v1_tree)), watch=True)  # type: ignore[arg-type]
     assert len(narrowed.watchers) == 2 and narrowed.watchers[1].label_selector == ""
+
+
+def test_evict_false_leaves_the_api_alone(tree: Path) -> None:
+    set_limit(tree, 8 * MiB)  # past the hard line, but no kill rung and no API actions allowed
+    api = Api()
+    agent, clock, _ = guarded(tree, api, evict=False)
+    for _ in range(3):
+        step(agent, clock)
+    assert api.graces == [] and api.on("Pod") == []
