@@ -580,15 +580,11 @@ class NodeGuard:
     def _submit(self, p: Pending) -> None:
         pod, rung = p.pod, p.rung
         grace = 0 if rung in ("delete", "evict-now") else min(pod.grace, self.cfg.grace)
-        kube = self.agent.kube
+        enforcer = self.agent.enforcer
 
         def job() -> None:
-            if kube is None:
-                res = WriteResult(False, 0, "no API client")
-            elif rung == "delete":
-                res = kube.delete_pod(pod.namespace, pod.name, pod.uid, grace)
-            else:
-                res = kube.evict(pod.namespace, pod.name, pod.uid, grace)
+            verb = "delete" if rung == "delete" else "evict"
+            res = enforcer.node_pressure(pod.namespace, pod.name, pod.uid, verb, grace)
             self.results.put((pod.uid, rung, res, self.clock.wall()))
 
         p.in_flight = self.agent.worker.submit(job, "node-guard:" + pod.uid)
