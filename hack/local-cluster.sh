@@ -74,6 +74,15 @@ Usage: $0 <verb>
            memwatch-hog:dev and import them into the cluster's containerd
   status   each component with pid and alive/dead, node readiness;
            exit 0 if all up
+  pid NAME print the pid of component NAME (exit 1 if it is not running)
+  stop NAME [--kill]
+           stop component NAME (TERM, or SIGKILL at once with --kill)
+  start NAME
+           start a stopped component with its usual arguments; waits until
+           it answers
+  restart NAME [--kill]
+           stop, then start (the fault-injection suite uses these three on
+           etcd, kube-apiserver and the kubelet)
   down     stop everything 'up' started and remove $ROOT
 
 Environment:
@@ -389,19 +398,19 @@ running() {
     [ "${stat%% *}" != Z ]
 }
 
-# stop NAME [GRACE]: TERM, wait up to GRACE seconds (20), then KILL. Only
-# our own pid.
+# stop NAME [GRACE]: TERM, wait up to GRACE seconds (20), then KILL; GRACE 0
+# is a SIGKILL at once (a crash). Only our own pid.
 stop() {
     local name=$1 grace=${2:-20} pid i
     if pid=$(component_pid "$name"); then
         log "stopping $name (pid $pid)"
-        kill -TERM "$pid" 2>/dev/null || true
+        ((grace == 0)) || kill -TERM "$pid" 2>/dev/null || true
         for ((i = 0; i < grace * 10; i++)); do
             running "$pid" || break
             sleep 0.1
         done
         if running "$pid"; then
-            log "$name did not exit on TERM; killing"
+            ((grace == 0)) || log "$name did not exit on TERM; killing"
             kill -KILL "$pid" 2>/dev/null || true
             while running "$pid"; do sleep 0.1; done
         fi
@@ -968,6 +977,51 @@ cmd_images() {
 }
 
 # ---------------------------------------------------------------------------
+# pid / restart: single components, for fault injection
+# ---------------------------------------------------------------------------
+
+known_component() {
+    local c
+    for c in "${COMPONENTS[@]}"; do [ "$c" = "$1" ] && return 0; done
+    die "unknown component '$1' (one of: ${COMPONENTS[*]})"
+}
+
+cmd_pid() {
+    [ $# -eq 1 ] || die "usage: $0 pid NAME"
+    known_component "$1"
+    component_pid "$1" || die "$1 is not running (pid file $PIDS/$1.pid)"
+}
+
+cmd_stop() {
+    local name=${1:-} how=${2:-}
+    [ -n "$name" ] && { [ -z "$how" ] || [ "$how" = --kill ]; } || die "usage: $0 stop NAME [--kill]"
+    known_component "$name"
+    [ -d "$PIDS" ] || die "no cluster in $ROOT (run: $0 up)"
+    if [ "$how" = --kill ]; then stop "$name" 0; else stop "$name"; fi
+}
+
+cmd_start() {
+    local name=${1:-}
+    [ $# -eq 1 ] || die "usage: $0 start NAME"
+    known_component "$name"
+    [ -d "$PIDS" ] || die "no cluster in $ROOT (run: $0 up)"
+    case "$name" in
+        etcd) up_etcd ;;
+        kube-apiserver) up_apiserver ;;
+        kube-controller-manager | kube-scheduler) up_controllers ;;
+        containerd) up_containerd ;;
+        kubelet) up_kubelet; wait_for "node $NODE_NAME Ready" "${MEMWATCH_UP_TIMEOUT:-180}" kubelet node_ready ;;
+        kube-proxy) up_kube_proxy ;;
+    esac
+    log "$name running (pid $(component_pid "$name"))"
+}
+
+cmd_restart() {
+    cmd_stop "$@"
+    cmd_start "$1"
+}
+
+# ---------------------------------------------------------------------------
 # main
 # ---------------------------------------------------------------------------
 
@@ -980,6 +1034,10 @@ main() {
         images) cmd_images ;;
         # Exit 1 is its answer ("not all up"), not an error to report.
         status) cmd_status || exit ;;
+        pid) shift; cmd_pid "$@" ;;
+        stop) shift; cmd_stop "$@" ;;
+        start) shift; cmd_start "$@" ;;
+        restart) shift; cmd_restart "$@" ;;
         down) cmd_down ;;
         -h|--help|help) usage ;;
         *) usage >&2; exit 2 ;;

@@ -35,7 +35,7 @@ def _parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
                     "before the kernel OOM killer fires.")
     parser.add_argument("--version", action="version", version=f"memwatch {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    fmt = argparse.ArgumentDefaultsHelpFormatter
+    fmt = _HelpFormatter
 
     def options(p: argparse.ArgumentParser, table: Sequence[Option]) -> None:
         add_options(p, table, env)
@@ -83,6 +83,15 @@ def _serve(settings: Settings, engine: object) -> int:
     kopf.run(clusterwide=True, standalone=True, liveness_endpoint=settings.liveness or None,
              identity=identity, memo=kopf.Memo(engine=engine))
     return 0
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows a flag's default only when it has one: not "(default: None)" or "(default: False)"."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or action.default is False or "(default:" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
 
 
 def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> int:

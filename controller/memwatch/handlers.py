@@ -55,8 +55,10 @@ def cleanup(memo: Any, logger: logging.Logger | logging.LoggerAdapter[Any], **_:
     logger.info("memwatch stopped")
 
 
-@kopf.on.probe(id="memwatch")
+# errors=PERMANENT: kopf's default retries a failing activity handler forever, so the probe would hang
+# (a timeout at the kubelet) instead of answering 500 with the reason.
+@kopf.on.probe(id="memwatch", errors=kopf.ErrorsMode.PERMANENT)
 def probe(memo: Any, **_: Any) -> dict[str, Any]:
-    """Liveness: fails (HTTP 500) when the sweep loop is stuck, so the kubelet restarts memwatch."""
+    """Liveness: fails (HTTP 500) at once when the sweep loop is stuck, so the kubelet restarts memwatch."""
     health: dict[str, Any] = memo["engine"].health()
     return health

@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from memwatch.nodeguard import GuardConfig, Line, Mode
-from memwatch.policy import Action, Defaults
+from memwatch.policy import MAX_GRACE_SECONDS, Action, Defaults
 from memwatch.protections import SYSTEM_CLUSTER_CRITICAL, LabelSelector, Protections, SelectorError
-from memwatch.quantity import QuantityError, parse_bytes, parse_duration
+from memwatch.quantity import QuantityError, parse_bytes, parse_duration, parse_seconds
 
 ENV_PREFIX = "MEMWATCH_"
 SOURCES = ("auto", "metrics-api", "kubelet")
@@ -44,6 +44,18 @@ def _non_negative_int(text: str) -> int:
     if value < 0:
         raise argparse.ArgumentTypeError(f"{text!r} must be zero or more")
     return value
+
+
+def _grace_period(text: str) -> int:
+    """The same rule as `memwatch.io/grace-period`: whole seconds in plain ASCII digits, at most an hour
+    (``int()`` would take `1_0`, ` 5 ` and non-ASCII digits)."""
+    try:
+        seconds = parse_seconds(text)
+    except QuantityError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r}: {exc}") from None
+    if seconds > MAX_GRACE_SECONDS:
+        raise argparse.ArgumentTypeError(f"{text!r}: longer than {MAX_GRACE_SECONDS}s")
+    return seconds
 
 
 def _port(text: str) -> int:
@@ -150,7 +162,7 @@ COMMON: tuple[Option, ...] = (
            metavar="NS"),
     Option("--all-namespaces", "watch every namespace (the default when no --namespace is given)", boolean=True),
     Option("--exclude-namespace", "never act in this namespace (repeatable)", repeat=True, metavar="NS"),
-    Option("--protected-namespace", "namespace protected unless allowed (repeatable; default: kube-system)",
+    Option("--protected-namespace", "namespace protected unless allowed (repeatable)",
            repeat=True, default=["kube-system"], metavar="NS"),
     Option("--allow-namespace", "let memwatch act in this protected namespace (repeatable)", repeat=True,
            metavar="NS"),
@@ -164,7 +176,7 @@ COMMON: tuple[Option, ...] = (
     Option("--default-action", "action for pods without memwatch.io/action", choices=("evict", "delete", "dry-run"),
            default="evict"),
     Option("--default-grace-period", "grace period (seconds) for pods without memwatch.io/grace-period",
-           type=_non_negative_int, metavar="SECONDS"),
+           type=_grace_period, metavar="SECONDS"),
     Option("--default-for", "breach duration for pods without memwatch.io/for", type=_duration, default=0.0,
            metavar="DURATION"),
     Option("--escalate", "delete a pod whose eviction a PodDisruptionBudget keeps blocking "

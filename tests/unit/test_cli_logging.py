@@ -46,12 +46,17 @@ def _free_port() -> int:
         return port
 
 
-async def _probe_once() -> bytes:
+class _StalledEngine:
+    def health(self) -> dict[str, Any]:
+        raise RuntimeError("sweep loop stalled for 400s")
+
+
+async def _probe_once(engine: Any = None) -> bytes:
     """Serve the liveness endpoint as kopf.run does, GET it once (as the kubelet does), stop."""
     url = f"http://127.0.0.1:{_free_port()}/healthz"
     ready = asyncio.Event()
     server = asyncio.create_task(health_reporter(
-        url, memo=kopf.Memo(engine=_HealthyEngine()), indices={}, registry=kopf.get_default_registry(),
+        url, memo=kopf.Memo(engine=engine or _HealthyEngine()), indices={}, registry=kopf.get_default_registry(),
         settings=kopf.OperatorSettings(), ready_flag=ready))
     try:
         await ready.wait()
@@ -88,3 +93,16 @@ def test_a_failing_probe_still_shows_at_the_default_level(capsys: pytest.Capture
     # kopf logs a probe handler's exception at ERROR through the probe activity's logger.
     logging.getLogger("kopf.activities.probe").error("Activity 'memwatch' failed: sweep loop stalled")
     assert "sweep loop stalled" in capsys.readouterr().err
+
+
+def test_a_stalled_sweep_fails_the_probe_at_once() -> None:
+    """HTTP 500 within the kubelet's probe timeout (1 s by default), not a hang while kopf retries
+    the handler: a hanging probe is a timeout, and the kubelet learns less from it."""
+    import time
+    import urllib.error
+
+    t0 = time.monotonic()
+    with pytest.raises(urllib.error.HTTPError) as failed:
+        asyncio.run(_probe_once(_StalledEngine()))
+    assert failed.value.code == 500
+    assert time.monotonic() - t0 < 1.0

@@ -29,6 +29,7 @@ SAMPLES: dict[Any, tuple[str, Any]] = {
     s._duration: ("7s", 7.0),
     s._positive_duration: ("1m30s", 90.0),
     s._non_negative_int: ("7", 7),
+    s._grace_period: ("30", 30),
     s._port: ("7070", 7070),
     s._bytes: ("7Mi", 7 * MI),
     s._selector: ("team in (a, b),!canary", "team in (a, b),!canary"),
@@ -145,6 +146,12 @@ BAD: list[tuple[str, list[str], dict[str, str], list[str]]] = [
     ("env-namespace-and-all", ["run"], {"MEMWATCH_NAMESPACE": "a,b", "MEMWATCH_ALL_NAMESPACES": "true"},
      ["--namespace and --all-namespaces exclude each other"]),
     ("no-command", [], {}, ["required: COMMAND"]),
+    # The annotation's rule for memwatch.io/grace-period, not int()'s: ASCII digits only, at most an hour.
+    ("grace-underscore", ["run", "--default-grace-period", "1_0"], {}, ["--default-grace-period", "'1_0'"]),
+    ("grace-spaces", ["agent", "--default-grace-period", " 5 "], {}, ["--default-grace-period", "' 5 '"]),
+    ("grace-arabic-digits", ["run", "--default-grace-period", "\u0665"], {}, ["--default-grace-period"]),
+    ("grace-too-long", ["run", "--default-grace-period", "86400"], {}, ["--default-grace-period", "3600s"]),
+    ("env-grace-unit", ["run"], {"MEMWATCH_DEFAULT_GRACE_PERIOD": "1m"}, ["MEMWATCH_DEFAULT_GRACE_PERIOD='1m'"]),
 ]
 
 
