@@ -659,12 +659,31 @@ up_containerd() {
         ctr_ images import "$K8S_CACHE/pause/pause.tar" >/dev/null
 }
 
+# MEMWATCH_CLUSTER_PODS_MEMORY (MiB, e.g. 2048; unset: off, the default): node
+# allocatable enforced on pods, so that the kubelet gives kubepods a hard limit
+# of that size (kubeReserved = MemTotal - it - systemReserved), for the node
+# guard's e2e scenario and benchmark. Off by default: a 2 GiB kubepods would
+# OOM-kill or refuse to schedule the other suites' larger pods.
+pods_allocatable() {
+    local pods=${MEMWATCH_CLUSTER_PODS_MEMORY:-} total system=256
+    [ -n "$pods" ] || return 0
+    [[ $pods =~ ^[0-9]+$ ]] || die "MEMWATCH_CLUSTER_PODS_MEMORY=$pods: give MiB, e.g. 2048"
+    total=$(awk '/^MemTotal:/ {print int($2 / 1024)}' /proc/meminfo)
+    ((total > pods + system + 512)) || die "MEMWATCH_CLUSTER_PODS_MEMORY=$pods MiB leaves too little of ${total} MiB"
+    printf '%s\n' \
+        "# MEMWATCH_CLUSTER_PODS_MEMORY=$pods: kubepods gets a ${pods} MiB hard limit." \
+        'enforceNodeAllocatable: ["pods"]' \
+        "systemReserved: {memory: \"${system}Mi\"}" \
+        "kubeReserved: {memory: \"$((total - pods - system))Mi\"}"
+}
+
 # shellcheck disable=SC2034 # CGROUP_DRIVER is read by render, through ${!var}
 up_kubelet() {
     local CGROUP_DRIVER
     CGROUP_DRIVER=$(cgroup_driver)
     mkdir -p "$ROOT/kubelet"
     render kubelet-config.yaml "$ROOT/kubelet-config.yaml"
+    pods_allocatable >>"$ROOT/kubelet-config.yaml"
     start kubelet \
         --config="$ROOT/kubelet-config.yaml" \
         --kubeconfig="$ROOT/kubelet.kubeconfig" \

@@ -45,6 +45,7 @@ from memwatch.enforcer import Enforcer, EnforcerSettings
 from memwatch.kill import kill_cgroup
 from memwatch.kube import Kube, load_client
 from memwatch.lifecycle import Lifecycle, Outcome, Phase, Retry, Step, Trigger
+from memwatch.nodeguard import NodeGuard
 from memwatch.observability import (
     ACTED_REASONS,
     LATENCY_BUCKETS,
@@ -222,6 +223,7 @@ class Agent:
         self._tick_hist = Histogram("memwatch_agent_sample_duration_seconds",
                                     "Time for one agent sample of every watched pod on the node.",
                                     buckets=LATENCY_BUCKETS, registry=self.metrics.registry)
+        self.guard = NodeGuard.attach(self)  # --node-guard: the node's own memory, once per sample
 
     # -- one sample of every pod -----------------------------------------------------------------
     def _kill_rung(self, policy: Policy) -> bool:
@@ -289,6 +291,8 @@ class Agent:
             del self.states[uid]
         self._sync_events()
         self._self_check()
+        if self.guard is not None:
+            self.guard.tick()
         self.ticks += 1
         self.last_tick = time.perf_counter() - t0
         self._tick_hist.observe(self.last_tick)
@@ -635,8 +639,10 @@ class Agent:
                     self._events_ok = False
                     log.warning("kernel memory notifications unavailable (%s); sampling every %.0fms only",
                                 exc, self.settings.sample_period * 1000)
+        extra = self.guard.fds if self.guard is not None else []  # kubepods eventfd, PSI trigger
         key = tuple(fd for entry in self.source.pods.values() for r in entry.containers.values()
                     for fd in (*r.events, *([r.events_fd] if r.events_fd is not None else [])))
+        key += tuple(fd for fd, _ in extra)
         if key != self._poll_key or self._poll is None:
             poll = select.poll()
             poll.register(self._wake, select.POLLIN)
@@ -649,6 +655,9 @@ class Agent:
                     if r.events_fd is not None:
                         poll.register(r.events_fd, select.POLLPRI)
                         self._poll_fds[r.events_fd] = r
+            for fd, mask in extra:
+                poll.register(fd, mask)
+                self._poll_fds[fd] = None
             self._poll, self._poll_key = poll, key
 
     def _thresholds(self, policy: Policy, container: str) -> tuple[int, ...]:
@@ -736,6 +745,8 @@ class Agent:
             self._thread.join(timeout=5)
         for uid in list(self.source.pods):
             self.source.forget(uid)
+        if self.guard is not None:
+            self.guard.reader.close()
 
     def health(self) -> dict[str, Any]:
         """For kopf's liveness probe. Raises when the sampling loop is stuck."""
@@ -751,6 +762,7 @@ class Agent:
             "rss_bytes": self.rss,
             "over_memory_ceiling": self.over_ceiling,
             "kernel_notifications": self._events_ok,
+            "node_guard": None if self.guard is None else self.guard.status(),
         }
 
 

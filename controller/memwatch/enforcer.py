@@ -140,6 +140,18 @@ class Enforcer:
                                 f"eviction blocked by a PodDisruptionBudget for {blocked_for:.0f}s; deleting")
         return self._evict(record, trigger, blocked_for)
 
+    def node_pressure(self, namespace: str, name: str, uid: str, verb: str, grace: int) -> WriteResult:
+        """The node guard's one write (:mod:`memwatch.nodeguard`): an eviction (``evict``) or a delete
+        (``delete``) with the guard's own grace period, UID-preconditioned. The guard keeps its own caps,
+        state and messages (the node's numbers, the rule); the write itself stays here."""
+        if self.kube is None:
+            return WriteResult(False, 0, "no API client")
+        if not self.may_write():
+            return WriteResult(False, 0, "this process may not write now")
+        if verb == "delete":
+            return self.kube.delete_pod(namespace, name, uid, grace)
+        return self.kube.evict(namespace, name, uid, grace)
+
     def _fenced(self, record: PodRecord) -> bool:
         """The leader's fence, checked right before a write: a replica that may have lost its lease
         writes nothing."""

@@ -28,7 +28,12 @@ KEY_GRACE_PERIOD = PREFIX + "grace-period"
 KEY_FOR = PREFIX + "for"
 KEY_ESCALATE = PREFIX + "escalate"
 KEY_PREDICT = PREFIX + "predict"
-KNOWN_KEYS = frozenset({KEY_LIMIT, KEY_ACTION, KEY_GRACE_PERIOD, KEY_FOR, KEY_ESCALATE, KEY_PREDICT})
+#: The node guard's per-pod choice (:mod:`memwatch.nodeguard`): ``evict`` (pick this pod first) or ``never``.
+#: Not a watch annotation: a pod carrying only this key is not watched for its own limit.
+KEY_NODE_PRESSURE = PREFIX + "node-pressure"
+NODE_PRESSURE_VALUES = ("evict", "never")
+KNOWN_KEYS = frozenset({KEY_LIMIT, KEY_ACTION, KEY_GRACE_PERIOD, KEY_FOR, KEY_ESCALATE, KEY_PREDICT,
+                        KEY_NODE_PRESSURE})
 
 #: The longest `memwatch.io/for` accepted: a longer one is almost certainly a unit mistake.
 MAX_FOR_SECONDS = 24 * 3600.0
@@ -56,8 +61,10 @@ class Action(enum.StrEnum):
 
 
 def is_watched(annotations: Mapping[str, str] | None) -> bool:
-    """True when a pod carries any ``memwatch.io/`` annotation, valid or not."""
-    return bool(annotations) and any(key.startswith(PREFIX) for key in annotations or ())
+    """True when a pod carries any ``memwatch.io/`` annotation, valid or not, other than
+    ``memwatch.io/node-pressure`` (the node guard's, which asks for no watch limit)."""
+    return bool(annotations) and any(key.startswith(PREFIX) and key != KEY_NODE_PRESSURE
+                                     for key in annotations or ())
 
 
 @dataclass(frozen=True, slots=True)
@@ -275,6 +282,10 @@ def resolve(annotations: Mapping[str, str], containers: Sequence[ContainerSpec],
         elif key == KEY_PREDICT:
             parsed = _parse_bool(key, value, problems)
             predict = predict if parsed is None else parsed
+        elif key == KEY_NODE_PRESSURE:
+            if value.strip().lower() not in NODE_PRESSURE_VALUES:
+                warnings.append(f"{key}={shown(value)} is neither evict nor never; the node guard treats it as "
+                                "never (it does not act on a mistake)")
         else:
             hint = _closest(key)
             warnings.append(f"unknown annotation {key!r} is ignored" + (f"; did you mean {hint!r}?" if hint else ""))

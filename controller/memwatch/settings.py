@@ -10,9 +10,10 @@ from __future__ import annotations
 import argparse
 import os
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+from memwatch.nodeguard import GuardConfig, Line, Mode
 from memwatch.policy import MAX_GRACE_SECONDS, Action, Defaults
 from memwatch.protections import SYSTEM_CLUSTER_CRITICAL, LabelSelector, Protections, SelectorError
 from memwatch.quantity import QuantityError, parse_bytes, parse_duration, parse_seconds
@@ -106,6 +107,19 @@ def _boolean(text: str) -> bool:
     if lowered in ("0", "false", "no", "off"):
         return False
     raise argparse.ArgumentTypeError(f"{text!r} is not true or false")
+
+
+def _line(text: str) -> Line:
+    try:
+        return Line.parse(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _optional_percent(text: str) -> float | None:
+    if text.strip().lower() in ("", "none", "off", "0", "0%"):
+        return None
+    return _percent(text)
 
 
 ADDRESS_TYPES = ("InternalIP", "Hostname", "InternalDNS", "ExternalIP", "ExternalDNS")
@@ -227,6 +241,23 @@ AGENT: tuple[Option, ...] = (
            type=_non_negative_int, default=5, metavar="N"),
     Option("--memory-ceiling", "the agent's own RSS ceiling: above it, it sheds history and warns",
            type=_bytes, default=100 << 20, metavar="BYTES"),
+    Option("--node-guard", "the node guard: act on one pod at a time when the node (or kubepods) runs short of "
+           "memory: off, dry-run (log and Event what it would do) or on", choices=tuple(m.value for m in Mode),
+           default="dry-run"),
+    Option("--node-guard-soft", "soft line: evict (PDB-aware) when free memory falls below this, in bytes (500Mi) "
+           "or as a percentage of the node's memory (MemAvailable) and of kubepods' hard limit",
+           type=_line, default="10%", metavar="FREE"),
+    Option("--node-guard-hard", "hard line: kill in place (with --kill) or delete with grace 0, without waiting, "
+           "when free memory falls below this (bytes or percent, as --node-guard-soft)",
+           type=_line, default="5%", metavar="FREE"),
+    Option("--node-guard-psi-full", "also act at the soft line's rung when memory pressure 'full avg10' reaches "
+           "this percent ('none': off)", type=_optional_percent, default="none", metavar="PERCENT"),
+    Option("--node-guard-grace", "cap on the grace period (seconds) of the node guard's evictions",
+           type=_non_negative_int, default=5, metavar="SECONDS"),
+    Option("--node-guard-wait", "how long the node guard waits for a victim's memory to be freed before it "
+           "chooses again", type=_positive_duration, default="30s", metavar="DURATION"),
+    Option("--node-guard-max-per-minute", "this node's cap on node guard actions per minute (0: none), separate "
+           "from --node-max-evictions-per-minute", type=_non_negative_int, default=5, metavar="N"),
 )
 
 
@@ -315,6 +346,7 @@ class Settings:
     memory_ceiling: int = 100 << 20
     node_max_per_minute: int = 5
     controller_runs: bool = False
+    node_guard: GuardConfig = field(default_factory=lambda: GuardConfig(mode=Mode.OFF))  # CLI: dry-run
     pod_name: str | None = None
     pod_namespace: str | None = None
 
@@ -354,6 +386,10 @@ class Settings:
             extra["leader_election_namespace"] = args.leader_election_namespace or pod_namespace
         if hasattr(args, "node_name"):
             extra["node_name"] = args.node_name or env.get("NODE_NAME")
+        if hasattr(args, "node_guard"):
+            extra["node_guard"] = GuardConfig(  # raises ValueError naming the flags that disagree
+                Mode(args.node_guard), args.node_guard_soft, args.node_guard_hard, args.node_guard_psi_full,
+                args.node_guard_grace, args.node_guard_wait, args.node_guard_max_per_minute)
         return cls(
             kubeconfig=args.kubeconfig or None,
             namespaces=namespaces,

@@ -22,6 +22,7 @@ EVENTS: Rule = (("",), ("events",), (), ("create", "list", "patch", "watch"))
 METRICS: Rule = (("metrics.k8s.io",), ("pods",), (), ("get", "list"))
 NODE_STATS: Rule = (("",), ("nodes/stats",), (), ("get",))
 NODE_GET: Rule = (("",), ("nodes",), (), ("get",))
+NODE_EVENT: Rule = (("",), ("events",), (), ("create",))
 LEASE_CREATE: Rule = (("coordination.k8s.io",), ("leases",), (), ("create",))
 
 
@@ -69,6 +70,9 @@ def expected_rbac(values: Obj) -> dict[tuple[str, str | None, str], list[Rule]]:
         if watched:
             for namespace in watched:
                 roles[("Role", namespace, f"{fullname}-agent")] = agent_rules
+            # The node guard's Event on the Node lives in default (a Node is cluster-scoped): create only.
+            if agent["nodeGuard"]["mode"] != "off" and "default" not in watched:
+                roles[("Role", "default", f"{fullname}-agent-node-events")] = [NODE_EVENT]
         else:
             roles[("ClusterRole", None, f"{fullname}-agent")] = agent_rules
     return {key: sorted(rules) for key, rules in roles.items()}
@@ -88,6 +92,8 @@ CASES: dict[str, Obj] = {
     "namespaced-agent-kill-only": {"namespaces": ["team-a"], "agent": {"enabled": True, "evict": False},
                                    "rbac": {"allowDelete": True}},
     "agent-admission-policy": {"agent": {"enabled": True, "admissionPolicy": {"enabled": True}}},
+    "namespaced-node-guard-off": {"namespaces": ["team-a"], "agent": {"enabled": True, "nodeGuard": {"mode": "off"}}},
+    "namespaced-with-default": {"namespaces": ["team-a", "default"], "agent": {"enabled": True}},
 }
 
 
@@ -206,7 +212,8 @@ def test_kill_only_agent_can_neither_evict_nor_delete(render: Any, namespaces: l
     rendered = render({"namespaces": namespaces, "rbac": {"allowDelete": delete},
                        "agent": {"enabled": True, "kill": True, "evict": False}})
     agent_roles = [r for kind in ROLE_KINDS for r in rendered.of_kind(kind)
-                   if r["metadata"]["labels"]["app.kubernetes.io/component"] == "agent"]
+                   if r["metadata"]["labels"]["app.kubernetes.io/component"] == "agent"
+                   and not r["metadata"]["name"].endswith("-node-events")]  # events create only, in default
     assert len(agent_roles) == max(1, len(namespaces))
     for role in agent_roles:
         granted = {(res, verb) for rule in role["rules"] for res in rule["resources"] for verb in rule["verbs"]}

@@ -124,6 +124,8 @@ def test_namespaced_objects_name_the_release_namespace(scenario: Rendered) -> No
         namespace = obj["metadata"].get("namespace")
         if obj["kind"] in cluster_scoped:
             assert namespace is None
+        elif obj["kind"] in {"Role", "RoleBinding"} and obj["metadata"]["name"].endswith("-agent-node-events"):
+            assert namespace == "default"  # the node guard's Event on the (cluster-scoped) Node lives there
         elif obj["kind"] in {"Role", "RoleBinding"}:
             assert namespace in watched | {NAMESPACE}
         else:
@@ -502,3 +504,24 @@ def test_notes_say_how_to_use_it(scenario: Rendered) -> None:
         assert "DRY-RUN IS ON" in notes
     else:
         assert "Dry-run is off" in notes
+
+
+# --- the node guard ----------------------------------------------------------
+
+
+def test_node_guard_flags_follow_the_values(render: Any) -> None:
+    from memwatch.cli import _parser
+
+    default = args_of(render({"agent": {"enabled": True}}).agent)
+    assert "--node-guard=dry-run" in default and "--node-guard-soft=10%" in default
+    guard = {"mode": "on", "soft": "1Gi", "hard": "256Mi", "psiFull": "20", "gracePeriod": 10, "wait": "1m",
+             "maxPerMinute": 2}
+    args = args_of(render({"agent": {"enabled": True, "nodeGuard": guard}}).agent)
+    for expected in ("--node-guard=on", "--node-guard-soft=1Gi", "--node-guard-hard=256Mi", "--node-guard-psi-full=20",
+                     "--node-guard-grace=10", "--node-guard-wait=1m", "--node-guard-max-per-minute=2"):
+        assert expected in args
+    # What the chart renders, the CLI accepts (the flags parse to the same guard).
+    parsed = _parser({}).parse_args([a.replace("$(NODE_NAME)", "n1") for a in args])
+    assert (parsed.node_guard, parsed.node_guard_soft.bytes, parsed.node_guard_psi_full) == ("on", 1 << 30, 20.0)
+    off = args_of(render({"agent": {"enabled": True, "nodeGuard": {"mode": "off"}}}).agent)
+    assert "--node-guard=off" in off and not any(a.startswith("--node-guard-") for a in off)

@@ -45,6 +45,14 @@ REJECTED = {
     "string-for-evict": ({"agent": {"evict": "false"}}, "/agent/evict", "want boolean"),
     "misspelt-policy-key": ({"agent": {"admissionPolicy": {"enable": True}}}, "/agent/admissionPolicy",
                             "additional properties 'enable' not allowed"),
+    "unknown-node-guard-mode": ({"agent": {"nodeGuard": {"mode": "yes"}}}, "/agent/nodeGuard/mode",
+                                "value must be one of 'off', 'dry-run', 'on'"),
+    "garbled-soft-line": ({"agent": {"nodeGuard": {"soft": "10 percent"}}}, "/agent/nodeGuard/soft",
+                          "does not match pattern"),
+    "psi-over-100": ({"agent": {"nodeGuard": {"psiFull": "150"}}}, "/agent/nodeGuard/psiFull", "does not match"),
+    "zero-node-guard-wait": ({"agent": {"nodeGuard": {"wait": "0s"}}}, "/agent/nodeGuard/wait", "does not match"),
+    "negative-node-guard-grace": ({"agent": {"nodeGuard": {"gracePeriod": -1}}}, "/agent/nodeGuard/gracePeriod",
+                                  "minimum"),
 }
 
 
@@ -71,6 +79,8 @@ def test_schema_rejects(chart: helm_python.Chart, name: str) -> None:
                      "preferredAddressTypes": ["Hostname"]}},
         {"kubelet": {"insecureTLS": True}, "agent": {"enabled": True, "evict": False}},
         {"agent": {"enabled": True, "admissionPolicy": {"enabled": True}}},
+        {"agent": {"enabled": True, "nodeGuard": {"mode": "on", "soft": "1.5Gi", "hard": "2.5%", "psiFull": "none",
+                                                  "gracePeriod": 0, "wait": "45s", "maxPerMinute": 0}}},
     ],
 )
 def test_schema_accepts(chart: helm_python.Chart, values: dict[str, Any]) -> None:

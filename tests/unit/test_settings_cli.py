@@ -37,6 +37,8 @@ SAMPLES: dict[Any, tuple[str, Any]] = {
     s._percent: ("70%", 70.0),
     s._boolean: ("false", False),
     s._address_types: ("Hostname,InternalIP", ("Hostname", "InternalIP")),
+    s._line: ("7%", s.Line.parse("7%")),  # between the default hard (5%) and soft (10%) lines
+    s._optional_percent: ("25%", 25.0),
 }
 
 TABLES = {"run": COMMON + RUN, "agent": COMMON + AGENT}
