@@ -50,6 +50,9 @@ def core() -> Iterator[Any]:
     helm.install(CHART_DIR, RELEASE, VALUES, namespace=NAMESPACE, create_namespace=True, wait="watcher",
                  timeout=240)
     core.create_namespace({"metadata": {"name": WORKLOAD_NAMESPACE}})
+    # Pods cannot be created until the namespace's default ServiceAccount has its token (1.20).
+    wait_for("the workload namespace's default ServiceAccount token",
+             lambda: core.read_namespaced_service_account("default", WORKLOAD_NAMESPACE).secrets, timeout=60)
     yield core
     if os.environ.get("MEMWATCH_TEST_KEEP") == "1":
         return

@@ -144,6 +144,9 @@ def cluster() -> Iterator[Cluster]:
         timeout=240,
     )
     core.create_namespace({"metadata": {"name": WORKLOAD_NAMESPACE}})
+    # Pods cannot be created until the namespace's default ServiceAccount has its token (1.20).
+    wait_for("the workload namespace's default ServiceAccount token",
+             lambda: core.read_namespaced_service_account("default", WORKLOAD_NAMESPACE).secrets, timeout=60)
     yield Cluster(
         api=api,
         core=core,

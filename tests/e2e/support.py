@@ -166,6 +166,7 @@ class Cluster(Kube):
             "Pod": f"/api/v1/namespaces/{ns}/pods",
             "Deployment": f"/apis/apps/v1/namespaces/{ns}/deployments",
             "PodDisruptionBudget": f"/apis/{obj.get('apiVersion')}/namespaces/{ns}/poddisruptionbudgets",
+            "PriorityClass": "/apis/scheduling.k8s.io/v1/priorityclasses",  # cluster-scoped
         }[kind]
 
         def post() -> dict[str, Any]:

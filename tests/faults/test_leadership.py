@@ -23,6 +23,7 @@ from .faultkit import (
     FaultReport,
     MemwatchProcess,
     breaching,
+    create,
     create_running,
     healthy,
     not_the_cluster,
@@ -64,7 +65,7 @@ def test_two_replicas_with_skewed_clocks_then_a_rolling_handover(fault_cluster: 
         wait_for("the first replica to lead", lambda: _holder(fault_cluster, fault_ns) == identity_for(
             "fault-skew-ahead"), 60)
         behind.start()
-        uids |= create_running(admin, fault_ns, [breaching("over")])
+        uids["over"] = create(admin, fault_ns, breaching("over"))  # the leader may act before it is Ready
         wait_write(audit, fault_ns, uids["over"], 90)
         # Two lease durations with both running: the replica 60 s behind must never think the lease
         # expired, and the two must never both believe they lead.
@@ -78,7 +79,7 @@ def test_two_replicas_with_skewed_clocks_then_a_rolling_handover(fault_cluster: 
         wait_for("the other replica to take the lease", lambda: _holder(fault_cluster, fault_ns) == identity_for(
             "fault-skew-behind"), 30, interval=0.05)
         handover = time.monotonic() - t0
-        uids |= create_running(admin, fault_ns, [breaching("late")])
+        uids["late"] = create(admin, fault_ns, breaching("late"))
         wait_write(audit, fault_ns, uids["late"], 90)
         for name in ("over", "late"):
             wait_gone(admin, fault_ns, name, uids[name])

@@ -162,5 +162,7 @@ def test_usage_source_answers_badly(fault_cluster: Cluster, fault_ns: str) -> No
     result.note = "; ".join(figures) + f"; {len(failures)} failure log lines"
     FaultReport.add(result).check()
     assert not tracebacks, tracebacks
-    # One line when the source starts failing (and one when it recovers), not one per sweep.
-    assert len(failures) <= 2 * len(modes) + 2, failures
+    # Lines when the source starts failing and when its error changes (a truncated body fails as an
+    # IncompleteRead or as a TLS EOF), not one per sweep: at most three per fault, whose ~15 sweeps
+    # would otherwise log 30.
+    assert len(failures) <= 3 * len(modes), failures
