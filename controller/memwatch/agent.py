@@ -39,7 +39,16 @@ import psutil
 from prometheus_client import Gauge, Histogram
 
 from memwatch.capabilities import KillCapability, probe
-from memwatch.cgroups import CgroupReader, CgroupSource, Hierarchy, ProcessSource, Unreadable, Vanished, top_processes
+from memwatch.cgroups import (
+    SETTLE_PERIOD,
+    CgroupReader,
+    CgroupSource,
+    Hierarchy,
+    ProcessSource,
+    Unreadable,
+    Vanished,
+    top_processes,
+)
 from memwatch.clock import SYSTEM, Clock
 from memwatch.enforcer import Enforcer, EnforcerSettings
 from memwatch.kill import kill_cgroup
@@ -558,6 +567,14 @@ class Agent:
         (the Event on the worker thread). A kill that reached no process is a failure, never ``killed``."""
         entry = self.source.pods.get(rec.uid)
         reader = None if entry is None or container is None else entry.containers.get(container)
+        if reader is None:
+            # A pod-level breach seen before its containers were: look at the pod's directory now.
+            fresh = self.source.sample(rec, fresh=True, rescan=True)
+            entry = self.source.pods.get(rec.uid)
+            if fresh is not None and fresh.containers and entry is not None:
+                if container not in entry.containers:
+                    container = max(fresh.containers, key=lambda n: fresh.containers[n])
+                reader = entry.containers.get(container) if container is not None else None
         if reader is None or container is None:
             self._record(self._line("failed", rec, trigger, None,
                                     f"{why}: no cgroup for container {container!r} to kill"),
@@ -623,13 +640,21 @@ class Agent:
             st = self.states.get(uid)
             if st is None or st.policy is None:
                 continue
+            armed: list[tuple[CgroupReader, tuple[int, ...]]] = [
+                (reader, self._thresholds(st.policy, name)) for name, reader in entry.containers.items()]
             if entry.pod is not None:
-                entry.pod.gate_bytes = min((lim.bytes for lim in st.policy.limits if lim.container is None),
-                                           default=None)
-            for name, reader in entry.containers.items():
-                wanted = self._thresholds(st.policy, name)
-                reader.gate_bytes = min(wanted, default=None)
-                if not self._events_ok or reader.thresholds == wanted:
+                # The pod cgroup holds its containers: a threshold at every line that matters for any
+                # of them wakes the agent for a container it has not found yet (a leak from the start).
+                pod_lines = {lim.bytes for lim in st.policy.limits if lim.container is None}
+                entry.pod.gate_bytes = min(pod_lines, default=None)
+                names = {lim.container for lim in st.policy.limits if lim.container is not None}
+                names |= {name for name, _ in st.policy.container_hard_limits}
+                armed.append((entry.pod, tuple(sorted(
+                    pod_lines | {v for name in names for v in self._thresholds(st.policy, name)}))))
+            for reader, wanted in armed:
+                if reader is not entry.pod:
+                    reader.gate_bytes = min(wanted, default=None)
+                if not self._events_ok or reader.thresholds == wanted or not wanted:
                     continue
                 try:
                     reader.watch_thresholds(wanted)
@@ -640,7 +665,10 @@ class Agent:
                     log.warning("kernel memory notifications unavailable (%s); sampling every %.0fms only",
                                 exc, self.settings.sample_period * 1000)
         extra = self.guard.fds if self.guard is not None else []  # kubepods eventfd, PSI trigger
-        key = tuple(fd for entry in self.source.pods.values() for r in entry.containers.values()
+        notify = self.source.notify_fd()
+        if notify is not None:
+            extra = [*extra, (notify, select.POLLIN)]  # a pod or container cgroup was made
+        key = tuple(fd for entry in self.source.pods.values() for r in entry.readers()
                     for fd in (*r.events, *([r.events_fd] if r.events_fd is not None else [])))
         key += tuple(fd for fd, _ in extra)
         if key != self._poll_key or self._poll is None:
@@ -648,7 +676,7 @@ class Agent:
             poll.register(self._wake, select.POLLIN)
             self._poll_fds = {self._wake: None}
             for entry in self.source.pods.values():
-                for r in entry.containers.values():
+                for r in entry.readers():
                     for fd in r.events:
                         poll.register(fd, select.POLLIN)
                         self._poll_fds[fd] = r
@@ -673,8 +701,12 @@ class Agent:
             self._stop.wait(seconds)
             return False
         ready = self._poll.poll(max(0, int(seconds * 1000)))
+        notify = self.source.notify_fd()
         for fd, _ in ready:
             reader = self._poll_fds.get(fd)
+            if fd == notify:
+                self.source.changed()  # drains it: the pods whose directory changed look again now
+                continue
             with contextlib.suppress(OSError):
                 if reader is not None and fd == reader.events_fd:
                     os.pread(fd, 4096, 0)  # v2: re-arm the notification
@@ -718,8 +750,25 @@ class Agent:
                 except Exception:  # a bug in one sample must not stop the agent
                     log.exception("agent sample failed; the next one runs on schedule")
                 next_tick = self.heartbeat + period
-            if self.wait(max(0.0, next_tick - time.monotonic())):
+            timeout = max(0.0, next_tick - time.monotonic())
+            unsettled = self.source.unsettled()
+            if unsettled:
+                timeout = min(timeout, SETTLE_PERIOD)
+            if self.wait(timeout):
                 next_tick = time.monotonic()  # the kernel says a threshold was crossed: sample now
+            elif unsettled and time.monotonic() < next_tick:
+                self._settle(unsettled)
+
+    def _settle(self, uids: list[str]) -> None:
+        """New container cgroups whose first process just arrived: hold them and arm their thresholds
+        now, between samples (:meth:`CgroupSource.unsettled`)."""
+        changed = False
+        for uid in uids:
+            rec = self.index.get(uid)
+            if rec is not None:
+                changed |= self.source.settle(rec)
+        if changed:
+            self._sync_events()
 
     def start(self) -> None:
         self.metrics.serve(self.settings.metrics_port)
@@ -743,8 +792,7 @@ class Agent:
         self.worker.stop()
         if self._thread is not None:
             self._thread.join(timeout=5)
-        for uid in list(self.source.pods):
-            self.source.forget(uid)
+        self.source.close()
         if self.guard is not None:
             self.guard.reader.close()
 

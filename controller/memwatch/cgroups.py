@@ -29,6 +29,7 @@ import errno
 import logging
 import os
 import re
+import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -36,6 +37,7 @@ from pathlib import Path
 
 import psutil
 
+from memwatch.discovery import CONTAINER, Inotify, children, classify, name_containers
 from memwatch.podindex import PodRecord
 from memwatch.policy import Usage
 
@@ -56,6 +58,14 @@ _QOS = ("burstable", "besteffort")
 STAT_GATE = 0.5
 #: Below the gate, memory.stat (the inactive-file figure) is refreshed every this many samples.
 STAT_EVERY = 10
+#: Without an inotify watch on a pod's directory, it is scanned for new container cgroups this often (s).
+SCAN_EVERY = 1.0
+#: A child cgroup with no visible process yet is looked at every sample for this long (s), then only
+#: when the directory changes or the API names a container (no hostPID: processes are never visible).
+UNSETTLED_SECONDS = 5.0
+#: ... and every few milliseconds for this long (s) right after it was made.
+SETTLE_FAST = 1.0
+SETTLE_PERIOD = 0.005
 
 
 class CgroupError(Exception):
@@ -287,6 +297,7 @@ class CgroupReader:
         self.thresholds: tuple[int, ...] | None = None  # what the kernel was asked to report
         self.events: list[int] = []  # eventfds registered for this cgroup (v1 thresholds)
         self.events_fd: int | None = None  # v2: memory.events, polled for POLLPRI
+        self.opened_at = time.monotonic()  # when the agent first held this cgroup (for the arming figures)
         self._usage_fd = self._open(hierarchy.usage_file)
         try:
             self._stat_fd = self._open("memory.stat")
@@ -424,6 +435,15 @@ class CgroupReader:
         return max(1, result.signalled)  # cgroup.kill may kill processes this namespace cannot see
 
 
+def _has_procs(cgroup: Path) -> bool:
+    """Whether ``cgroup`` holds a process now (False when it is gone or unreadable)."""
+    try:
+        with open(cgroup / "cgroup.procs", "rb") as f:
+            return bool(f.read(64).strip())
+    except OSError:
+        return False
+
+
 def read_procs(cgroup: Path) -> list[int]:
     """The PIDs listed in ``cgroup``'s own ``cgroup.procs`` (not its descendants').
 
@@ -471,12 +491,15 @@ def top_processes(pids: Sequence[int], n: int = 3, max_examined: int = 64) -> li
 
 @dataclass(slots=True)
 class PodCgroups:
-    """The cgroups of one pod, as last resolved from its container IDs."""
+    """The cgroups of one pod, as last resolved from its directory and its container IDs."""
 
     key: tuple[tuple[str, str], ...]  # the record's container_ids they were resolved from
     pod_dir: Path | None
     containers: dict[str, CgroupReader] = field(default_factory=dict)
-    pod: CgroupReader | None = None  # read only when no container cgroup is known yet
+    #: The pod cgroup: open from the moment it exists, so the kernel's thresholds guard the pod before
+    #: any container is known; read for usage only while no container cgroup is.
+    pod: CgroupReader | None = None
+    scanned: float = 0.0  # monotonic time of the last look at the pod directory
 
     def readers(self) -> list[CgroupReader]:
         return [*self.containers.values(), *([self.pod] if self.pod is not None else [])]
@@ -492,9 +515,11 @@ Locator = Callable[[PodRecord], tuple[Path | None, dict[str, Path]]]
 class CgroupSource:
     """Working set of the node's watched pods from their cgroups: the node agent's usage source.
 
-    Implements :class:`memwatch.sources.UsageSource`. Container cgroups are found through the CRI
-    container IDs in the pod status; until a pod has one, its pod cgroup is read instead. Cgroups
-    that vanish drop out silently. A pod whose cgroup cannot be opened or read (EACCES, EMFILE, ELOOP,
+    Implements :class:`memwatch.sources.UsageSource`. A pod's cgroup is found by its UID as soon as
+    the kubelet makes it, and its container cgroups as soon as the runtime makes them, from the
+    directory itself (:mod:`memwatch.discovery`: inotify wakes the agent for both); the CRI container
+    IDs in the pod status then name them. Until a container cgroup is known, the pod cgroup is read
+    instead. Cgroups that vanish drop out silently. A pod whose cgroup cannot be opened or read (EACCES, EMFILE, ELOOP,
     garbled files) is skipped with its descriptors closed, logged once per problem (``problems``), and
     retried every sample; the other pods are sampled as usual. A container ID that is not a runtime ID,
     or a cgroup that resolves outside the pod's own directory, is refused, logged once (``refused``).
@@ -514,6 +539,13 @@ class CgroupSource:
         self.generation = 0  # bumped whenever the set of open cgroups changes
         self._bases: list[Path] = []
         self._bases_at = -1e18
+        self.notify: Inotify | None = None  # opened with the first pod cgroup found (see discovery)
+        self._notify_tried = False
+        self._watches: dict[Path, int] = {}  # watched directory -> inotify watch descriptor
+        self._pod_dirs: dict[Path, str] = {}  # watched pod directory -> pod UID
+        self._dirty: set[str] = set()  # pods whose directory changed since it was last looked at
+        self._kinds: dict[str, dict[str, str]] = {}  # uid -> child directory name -> sandbox|container
+        self._unsettled: dict[str, float] = {}  # uid -> until when undecided children are looked at again
 
     # -- resolution ----------------------------------------------------------------------------
     def bases(self) -> list[Path]:
@@ -521,7 +553,84 @@ class CgroupSource:
         if not self._bases or now - self._bases_at > 30.0:
             self._bases = discover_bases(self.hierarchy.memory_root)
             self._bases_at = now
+            if self.notify is not None:
+                self._watch_bases()
         return self._bases
+
+    # -- finding cgroups as they are made (memwatch.discovery) ---------------------------------
+    def notify_fd(self) -> int | None:
+        """The inotify descriptor to poll (readable when a pod or container cgroup came or went)."""
+        return None if self.notify is None else self.notify.fd
+
+    def _watch(self, path: Path) -> bool:
+        if self.notify is None:
+            return False
+        if path in self._watches:
+            return True
+        try:
+            self._watches[path] = self.notify.watch(path)
+            return True
+        except OSError as exc:
+            if exc.errno == errno.ENOSPC and not getattr(self, "_said_enospc", False):
+                self._said_enospc = True
+                log.warning("out of inotify watches (%s): cgroups beyond them are found by scanning", exc)
+            return False
+
+    def _watch_bases(self) -> None:
+        for base in self._bases:
+            self._watch(base)
+            for child in children(base):
+                if child.name in _QOS or child.name in (f"kubepods-{q}.slice" for q in _QOS):
+                    self._watch(child)
+
+    def _open_notify(self) -> None:
+        if self._notify_tried:
+            return
+        self._notify_tried = True
+        self.notify = Inotify.open_or_none()
+        if self.notify is not None:
+            self._watch_bases()
+
+    def changed(self) -> None:
+        """Take in what inotify reported: the pods whose directory changed are looked at again at
+        their next sample (a new pod directory needs nothing: pods without one look every sample)."""
+        if self.notify is None:
+            return
+        paths, overflow = self.notify.read()
+        if overflow:
+            self._dirty.update(self.pods)
+        for path in paths:
+            uid = self._pod_dirs.get(path)
+            if uid is not None:
+                self._dirty.add(uid)
+            if path not in self.notify.paths.values():  # the directory went, and its watch with it
+                self._watches.pop(path, None)
+                self._pod_dirs.pop(path, None)
+
+    def unsettled(self) -> list[str]:
+        """Pods with a child cgroup made less than :data:`SETTLE_FAST` ago that holds no process yet
+        (runc makes the directory, then moves the container's first process in): looked at again
+        within milliseconds, not at the next sample, so the agent holds the container at once."""
+        now = time.monotonic()
+        return [uid for uid, until in self._unsettled.items() if now < until - UNSETTLED_SECONDS + SETTLE_FAST]
+
+    def settle(self, record: PodRecord) -> bool:
+        """Look at an unsettled pod's directory again; True when the set of open cgroups changed."""
+        generation = self.generation
+        with contextlib.suppress(CgroupError, OSError):
+            self.resolve(record)
+        return self.generation != generation
+
+    def _rescan_due(self, uid: str, entry: PodCgroups, now: float) -> bool:
+        if uid in self._dirty:
+            return True
+        until = self._unsettled.get(uid)
+        if until is not None:
+            if now < until:
+                return True
+            del self._unsettled[uid]  # undecided for too long (no process visible): wait for the API's IDs
+        unwatched = entry.pod_dir is not None and entry.pod_dir not in self._pod_dirs
+        return unwatched and now - entry.scanned >= SCAN_EVERY
 
     def find_pod(self, uid: str, qos_class: str | None = None) -> Path | None:
         """The pod's cgroup directory by UID, for either cgroup driver, or None (also for a UID that
@@ -548,12 +657,50 @@ class CgroupSource:
         if refused:
             self._refuse(record, f"container ID not of the form <{'|'.join(RUNTIMES)}>://<64 hex digits>: "
                                  + ", ".join(refused))
-        if pod_dir is not None:
-            for name, cri_id in record.container_ids:
-                found = find_container_cgroup(pod_dir, cri_id)
-                if found is not None:
-                    containers[name] = found
+        if pod_dir is None:
+            return None, containers
+        self._open_notify()
+        if self._watch(pod_dir):
+            self._pod_dirs[pod_dir] = record.uid
+        for name, cri_id in record.container_ids:
+            found = find_container_cgroup(pod_dir, cri_id)
+            if found is not None:
+                containers[name] = found
+        containers.update(self._unnamed(record, pod_dir, set(containers.values()), containers))
         return pod_dir, containers
+
+    def _unnamed(self, record: PodRecord, pod_dir: Path, known: set[Path],
+                 named: dict[str, Path]) -> dict[str, Path]:
+        """Application-container cgroups in the pod's directory that the API has not named (yet)."""
+        kinds = self._kinds.setdefault(record.uid, {})
+        found: list[tuple[int, Path]] = []
+        undecided = False
+        present = set()
+        for child in children(pod_dir):
+            present.add(child.name)
+            if child in known:
+                continue
+            kind = kinds.get(child.name)
+            if kind is None:
+                kind = classify(child)
+                if kind is None:
+                    undecided = True
+                    continue
+                kinds[child.name] = kind
+            if kind == CONTAINER:
+                with contextlib.suppress(OSError):
+                    found.append((child.stat().st_ctime_ns, child))
+        for gone in [n for n in kinds if n not in present]:
+            del kinds[gone]
+        if undecided:
+            self._unsettled.setdefault(record.uid, time.monotonic() + UNSETTLED_SECONDS)
+        else:
+            self._unsettled.pop(record.uid, None)
+        if not found:
+            return {}
+        sole = record.containers[0].name if len(record.containers) == 1 and not record.has_init else None
+        live = {path: bool(_has_procs(path)) for path in named.values()}
+        return name_containers(named, [p for _, p in sorted(found)], sole, live)
 
     def _refuse(self, record: PodRecord, message: str) -> None:
         if self.refused.get(record.uid) != message:
@@ -565,34 +712,53 @@ class CgroupSource:
 
         Raises :class:`Unreadable` when a cgroup exists but cannot be opened; nothing stays open then.
         """
-        current = self.pods.get(record.uid)
-        if current is not None and current.key == record.container_ids and (current.containers or current.pod):
+        uid = record.uid
+        current = self.pods.get(uid)
+        now = time.monotonic()
+        if (current is not None and current.key == record.container_ids and (current.containers or current.pod)
+                and not self._rescan_due(uid, current, now)):
             return current
-        if current is not None:
-            current.close()
-            del self.pods[record.uid]
-            self.generation += 1
+        self._dirty.discard(uid)
         try:
             pod_dir, paths = self._locate(record)
         except OSError as exc:  # a custom locator, or a filesystem error discovery did not expect
             raise Unreadable(f"locating the cgroups: {exc}") from None
+        old = current.readers() if current is not None else []
+        reuse = {r.path: r for r in old}
         if pod_dir is None and not paths:
+            if current is not None:
+                self.forget(uid)
             return None
-        entry = PodCgroups(record.container_ids, pod_dir)
+        entry = PodCgroups(record.container_ids, pod_dir, scanned=now)
         try:
             for name, path in paths.items():
-                with contextlib.suppress(Vanished):
-                    entry.containers[name] = CgroupReader(path, self.hierarchy, self.clock)
-            if not entry.containers and pod_dir is not None:
-                try:
-                    entry.pod = CgroupReader(pod_dir, self.hierarchy, self.clock)
-                except Vanished:
-                    return None
+                reader = reuse.pop(path, None)
+                if reader is None:
+                    with contextlib.suppress(Vanished):
+                        reader = CgroupReader(path, self.hierarchy, self.clock)
+                if reader is not None:
+                    entry.containers[name] = reader
+            if pod_dir is not None:
+                entry.pod = reuse.pop(pod_dir, None)
+                if entry.pod is None:
+                    try:
+                        entry.pod = CgroupReader(pod_dir, self.hierarchy, self.clock)
+                    except Vanished:
+                        if not entry.containers:
+                            raise
         except BaseException:
-            entry.close()  # the containers opened before the failure
+            for r in entry.readers():
+                if r not in old:
+                    r.close()  # what this call opened before the failure; the old entry stays as it was
+            if isinstance(sys.exc_info()[1], Vanished):
+                return current
             raise
-        self.pods[record.uid] = entry
-        self.generation += 1
+        for r in reuse.values():
+            r.close()  # cgroups that are gone from the pod (an ended container)
+        if current is None or {n: r.path for n, r in entry.containers.items()} != \
+                {n: r.path for n, r in current.containers.items()} or entry.pod is not current.pod:
+            self.generation += 1
+        self.pods[uid] = entry
         return entry
 
     def forget(self, uid: str) -> None:
@@ -603,24 +769,41 @@ class CgroupSource:
             self.generation += 1
         self.problems.pop(uid, None)
         self.refused.pop(uid, None)
+        self._dirty.discard(uid)
+        self._kinds.pop(uid, None)
+        self._unsettled.pop(uid, None)
+        for path in [p for p, u in self._pod_dirs.items() if u == uid]:
+            del self._pod_dirs[path]
+            wd = self._watches.pop(path, None)
+            if wd is not None and self.notify is not None:
+                self.notify.unwatch(wd)
 
     def prune(self, live: Iterable[str]) -> None:
         """Close the cgroups of pods no longer watched, and forget their problems."""
         keep = set(live)
-        for uid in [u for u in (*self.pods, *self.problems, *self.refused) if u not in keep]:
+        for uid in {u for u in (*self.pods, *self.problems, *self.refused, *self._kinds) if u not in keep}:
             self.forget(uid)
 
     def close(self) -> None:
-        """Close every open cgroup."""
+        """Close every open cgroup, and the inotify descriptor."""
         for uid in list(self.pods):
             self.forget(uid)
+        if self.notify is not None:
+            self.notify.close()
+            self.notify = None
+        self._watches.clear()
+        self._pod_dirs.clear()
+        self._notify_tried = False
 
     # -- reading -------------------------------------------------------------------------------
-    def sample(self, record: PodRecord, fresh: bool = False) -> Usage | None:
+    def sample(self, record: PodRecord, fresh: bool = False, rescan: bool = False) -> Usage | None:
         """One pod's usage now, or None (not found, vanished, unreadable: the last logged once).
+        ``rescan``: look at the pod's directory first, whatever inotify said.
 
         Never raises for one pod's cgroup: a problem with it must not stop the other pods' samples.
         """
+        if rescan:
+            self._dirty.add(record.uid)
         try:
             return self._sample(record, fresh)
         except Vanished:
@@ -652,7 +835,7 @@ class CgroupSource:
                 continue
             containers[name] = s.working_set
             stamp = s.timestamp if stamp is None else min(stamp, s.timestamp)
-        if entry.pod is not None:
+        if entry.pod is not None and not containers:
             s = entry.pod.read(fresh)
             pod_bytes, stamp = s.working_set, s.timestamp
         if not entry.containers and entry.pod is None:

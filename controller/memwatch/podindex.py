@@ -43,6 +43,7 @@ class PodRecord:
     qos_class: str | None = None
     started_at: float | None = None  # status.startTime, epoch seconds (None: not started, or unknown)
     containers_started: tuple[tuple[str, float], ...] = ()  # (name, running.startedAt) of running containers
+    has_init: bool = False  # init containers that run before the others (not native sidecars)
 
     @property
     def key(self) -> str:
@@ -118,6 +119,8 @@ def build_record(pod: Mapping[str, Any], defaults: Defaults,
         qos_class=status.get("qosClass"),
         started_at=parse_time(status.get("startTime")),
         containers_started=_containers_started(status),
+        has_init=any(isinstance(c, Mapping) and c.get("restartPolicy") != "Always"
+                     for c in spec.get("initContainers") or ()),
     )
 
 

@@ -45,7 +45,12 @@ def hog() -> Path:
     return path
 
 
-@pytest.mark.parametrize("rate", [200, 500])
+# Eviction leaves the kill to the kubelet (here: 0.2 s after the eviction). From the soft line (30 % of
+# 384Mi free) to the limit is 115Mi: 575 ms at 200 MiB/s, room for a loaded machine; at 500 MiB/s it is
+# 230 ms, 30 ms beyond the kubelet's own delay, which a busy machine does not always give (seen: one
+# loss in three runs while the machine compiled Kubernetes). Faster leaks are the kill rung's
+# (the next test), as in production, where a real kubelet takes seconds.
+@pytest.mark.parametrize("rate", [100, 200])
 def test_the_guard_evicts_the_hog_before_the_kubepods_oom(hog: Path, rate: int) -> None:
     for run in range(2):
         result = node_guard.race(hog, rate)
