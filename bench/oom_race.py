@@ -234,7 +234,7 @@ def pause_program(cache: Path | None = None) -> Path:
 class StartRace(RaceResult):
     """A race where the leak starts with the container's first instruction."""
 
-    first_sample: float | None = None  # seconds from the container cgroup's creation to the agent holding it
+    first_sample: float | None = None  # seconds from the container's first process to the agent holding it
     sandbox_alive: bool = True
 
 
@@ -279,6 +279,10 @@ def race_from_start(hog: Path, pause: Path, rate: int, hard_mib: int = 300, watc
             groups.append(app)
             hog_proc = app.spawn([str(hog), "--rate", str(rate), "--max", str(hard_mib * 2), "--hold"])
             procs.append(hog_proc)
+            joined = made
+            while time.monotonic() - made < 2.0 and not (app.path / "cgroup.procs").read_bytes().strip():
+                time.sleep(0.0005)  # the container's first process is in: from here, the agent's clock runs
+            joined = time.monotonic()
             try:
                 hog_proc.wait(timeout=hard_mib / rate + 10)
             except subprocess.TimeoutExpired:
@@ -295,7 +299,7 @@ def race_from_start(hog: Path, pause: Path, rate: int, hard_mib: int = 300, watc
         rc = hog_proc.returncode
         result = StartRace(rate, killer, oom, dmesg_oom_for(app.path.name),
                            exit_signal=-rc if rc is not None and rc < 0 else None,
-                           first_sample=None if opened is None else max(0.0, opened - made),
+                           first_sample=None if opened is None else max(0.0, opened - joined),
                            sandbox_alive=procs[0].poll() is None)
         if timing is not None:
             result.latency = timing.acted_at - timing.crossed_at
@@ -325,7 +329,7 @@ def start_rows(runs: int = 20, rates: tuple[int, ...] = (200, 500, 1000)) -> lis
         rows.append({
             "name": f"leak from the first instruction, {rate} MiB/s: pre-empted ({runs} runs)",
             "memwatch": f"{pct:.0f}% ({len(ok)}/{len(results)}); held the container cgroup "
-                        f"{_ms(_quantile(firsts, 0.5))} / {_ms(_quantile(firsts, 0.99))} after it was made (p50 / p99)",
+                        f"{_ms(_quantile(firsts, 0.5))} / {_ms(_quantile(firsts, 0.99))} after its first process (p50 / p99)",
             "baseline": "API container IDs (0.1): 3/10 at 500, 6/10 at 1000 MiB/s on the cluster",
             "ratio": "-", "target": ">= 95%", "met": pct >= 95.0,
             "detail": {"killers": [r.killer for r in results], "oom_kills": sum(r.oom_kill for r in results),

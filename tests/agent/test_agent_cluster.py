@@ -181,3 +181,43 @@ def test_agent_evicts_before_the_kubelet_reports_oomkilled(core: Any, namespace:
         assert not [ln for ln in dmesg.splitlines() if recorder.uid in ln and "oom" in ln.lower()]
     print(f"\nagent: {lines[0]}\n" + "".join(f"agent: {k}\n" for k in kills)
           + f"terminations seen: {recorder.terminations}")
+
+
+def test_a_leak_from_the_first_instruction_is_killed_on_every_restart(core: Any, namespace: str,
+                                                                      agent: Path) -> None:
+    """#15: the hog grows 1000 MiB/s from its first instruction (no delay), ``memwatch.io/action:
+    restart``, watch limit 200Mi under a 300Mi hard limit. The agent must hold the new container's
+    cgroup before the API server reports its ID, on the first start and on every restart of the
+    crash loop: the kubelet reports exit 137 from memwatch's SIGKILL each time, never OOMKilled."""
+    name = "leak-at-start"
+    recorder = StatusRecorder(core, namespace, name)
+    time.sleep(0.5)
+    pod = _hog_pod(name)
+    pod["metadata"]["annotations"] = {"memwatch.io/limit": "200Mi", "memwatch.io/action": "restart"}
+    pod["spec"]["containers"][0]["command"] = ["/hog", "--rate", "1000", "--step", "1024", "--max", "600", "--hold"]
+    pod["spec"]["containers"][0]["resources"] = {"limits": {"memory": "300Mi"}, "requests": {"memory": "300Mi"}}
+    core.create_namespaced_pod(namespace, pod)
+    deadline = time.monotonic() + 120
+    restarts = 0
+    while time.monotonic() < deadline:
+        if any(r in ("ErrImageNeverPull", "ErrImagePull", "ImagePullBackOff") for r in recorder.waiting):
+            pytest.skip(f"SKIPPED LOUDLY: {HOG_IMAGE} is not loaded (hack/local-cluster.sh images)")
+        if any(t["reason"] == "OOMKilled" for t in recorder.terminations):
+            break
+        statuses = core.read_namespaced_pod(name, namespace).status.container_statuses or []
+        restarts = max((cs.restart_count for cs in statuses), default=0)
+        if restarts >= 2:
+            break
+        time.sleep(0.2)
+    log = agent.read_text(errors="replace")
+    kills = [ln for ln in log.splitlines() if "action=killed" in ln and f"pod={namespace}/{name}" in ln]
+    assert not [t for t in recorder.terminations if t["reason"] == "OOMKilled"], \
+        f"the kernel won a race: {recorder.terminations}\n{log[-3000:]}"
+    assert restarts >= 2, f"restarts: {restarts}; terminations {recorder.terminations}\n{log[-3000:]}"
+    assert len(kills) >= 2, f"one kill per container instance expected:\n{log[-3000:]}"
+    assert all(t["exit_code"] == 137 for t in recorder.terminations), recorder.terminations
+    events = core.list_namespaced_event(namespace, field_selector=f"involvedObject.name={name}").items
+    reasons = {e.reason for e in events}
+    assert "MemwatchKilled" in reasons and "OOMKilling" not in reasons, reasons
+    print(f"\nagent: {len(kills)} kills, restarts {restarts}, terminations {recorder.terminations}\n"
+          + "".join(f"agent: {k}\n" for k in kills[:3]))
