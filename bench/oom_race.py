@@ -329,7 +329,8 @@ def start_rows(runs: int = 20, rates: tuple[int, ...] = (200, 500, 1000)) -> lis
         rows.append({
             "name": f"leak from the first instruction, {rate} MiB/s: pre-empted ({runs} runs)",
             "memwatch": f"{pct:.0f}% ({len(ok)}/{len(results)}); held the container cgroup "
-                        f"{_ms(_quantile(firsts, 0.5))} / {_ms(_quantile(firsts, 0.99))} after its first process (p50 / p99)",
+                        f"{_ms(_quantile(firsts, 0.5))} / {_ms(_quantile(firsts, 0.99))} "
+                        "after its first process (p50 / p99)",
             "baseline": "API container IDs (0.1): 3/10 at 500, 6/10 at 1000 MiB/s on the cluster",
             "ratio": "-", "target": ">= 95%", "met": pct >= 95.0,
             "detail": {"killers": [r.killer for r in results], "oom_kills": sum(r.oom_kill for r in results),
