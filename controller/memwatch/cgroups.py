@@ -553,6 +553,8 @@ class CgroupSource:
         if not self._bases or now - self._bases_at > 30.0:
             self._bases = discover_bases(self.hierarchy.memory_root)
             self._bases_at = now
+            if self._bases:
+                self._open_notify()  # from the start: the first pod cgroup made wakes the agent too
             if self.notify is not None:
                 self._watch_bases()
         return self._bases
@@ -659,7 +661,6 @@ class CgroupSource:
                                  + ", ".join(refused))
         if pod_dir is None:
             return None, containers
-        self._open_notify()
         if self._watch(pod_dir):
             self._pod_dirs[pod_dir] = record.uid
         for name, cri_id in record.container_ids:
