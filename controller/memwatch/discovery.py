@@ -43,8 +43,12 @@ IN_IGNORED = 0x00008000
 IN_ONLYDIR = 0x01000000
 IN_ISDIR = 0x40000000
 _EVENT = struct.Struct("iIII")
-#: The comm of the sandbox's one process, for every runtime the kubelet drives (the pause image).
-SANDBOX_COMMS = frozenset({"pause"})
+#: Processes that are not the pod's application: the sandbox's (the pause image, every runtime) and
+#: CRI-O's container monitor (in ``crio-conmon-<id>.scope`` inside the pod's slice). Never killed.
+SANDBOX_COMMS = frozenset({"pause", "conmon"})
+#: The runtime's own process while it sets a container up (``runc:[2:INIT]``, crun): the sandbox and
+#: application containers alike start as one, so a cgroup holding only these is not decided yet.
+SETTING_UP = ("runc", "crun")
 SANDBOX, CONTAINER = "sandbox", "container"
 
 
@@ -144,14 +148,17 @@ def _comms(pids: Sequence[int]) -> Iterator[str]:
 
 
 def classify(cgroup: Path) -> str | None:
-    """:data:`SANDBOX` when every process in ``cgroup`` is the pause program, :data:`CONTAINER` when
-    any is another program, None when no process is there (yet) or none is visible from here."""
+    """:data:`SANDBOX` when every process in ``cgroup`` is the pause program (or CRI-O's conmon),
+    :data:`CONTAINER` when any is another program, None when no process is there (yet), none is
+    visible from here, or the runtime is still setting it up (:data:`SETTING_UP`)."""
+    if cgroup.name.startswith("crio-conmon-"):
+        return SANDBOX
     try:
         with open(cgroup / "cgroup.procs", "rb") as f:
             pids = [int(p) for p in f.read().split()]
     except (OSError, ValueError):
         return None
-    comms = list(_comms(pids))
+    comms = [c for c in _comms(pids) if not c.startswith(SETTING_UP)]
     if not comms:
         return None
     return SANDBOX if all(c in SANDBOX_COMMS for c in comms) else CONTAINER

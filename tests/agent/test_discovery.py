@@ -69,6 +69,15 @@ def test_classify_tells_the_sandbox_from_a_container_by_its_processes(tmp_path: 
         assert classify(_fake_cgroup(tmp_path / "empty", [])) is None  # runc has not moved a process in yet
         assert classify(_fake_cgroup(tmp_path / "gone", [2 ** 22 + 7])) is None  # not visible from here
         assert classify(tmp_path / "missing") is None
+        runc = tmp_path / "runc:[2:INIT]"
+        shutil.copy(pause, runc)
+        setting_up = subprocess.Popen([str(runc), "30"])
+        try:  # the runtime's init process comes first in the sandbox and in containers alike
+            assert classify(_fake_cgroup(tmp_path / "creating", [setting_up.pid])) is None
+        finally:
+            setting_up.kill()
+            setting_up.wait()
+        assert classify(_fake_cgroup(tmp_path / f"crio-conmon-{CID_A}.scope", [os.getpid()])) == SANDBOX
     finally:
         proc.kill()
         proc.wait()
