@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from memwatch.cgroups import GONE, Hierarchy, Unreadable, Vanished, read_procs
+from memwatch.discovery import SANDBOX, children, classify
 
 #: Rounds of list-open-recheck-signal: a process may fork between one listing and its signal.
 ROUNDS = 5
@@ -129,6 +130,29 @@ def kill_cgroup(cgroup: Path, hierarchy: Hierarchy, rounds: int = ROUNDS) -> Kil
     if note and not result.ok:
         return KillResult(result.cgroup, result.method, result.signalled, f"{result.error}{note}", result.vanished)
     return result
+
+
+def kill_pod(pod_dir: Path, hierarchy: Hierarchy, rounds: int = ROUNDS) -> KillResult:
+    """SIGKILL a pod's application containers and never its sandbox (the node guard's hard line): every
+    child cgroup that :func:`memwatch.discovery.classify` does not call the sandbox (``pause``, CRI-O's
+    conmon). With the sandbox alive, the kubelet restarts the containers in place, as after an OOM
+    kill, instead of tearing the pod's network down. Processes placed straight in a pod cgroup with no
+    child cgroups are killed as one. ``ok`` when at least one container's processes were killed."""
+    kids = children(pod_dir)
+    if not kids:
+        return kill_cgroup(pod_dir, hierarchy, rounds)
+    targets = [c for c in kids if classify(c) != SANDBOX]
+    if not targets:
+        return KillResult(pod_dir, "pidfd", error="nothing but the pod's sandbox to kill")
+    results = [kill_cgroup(t, hierarchy, rounds) for t in targets]
+    method = results[0].method
+    if all(r.vanished for r in results):
+        return KillResult(pod_dir, method, vanished=True)
+    signalled = sum(r.signalled for r in results)
+    if any(r.ok for r in results):
+        return KillResult(pod_dir, method, signalled)
+    errors = "; ".join(f"{r.cgroup.name[:20]}: {r.error}" for r in results if r.error)
+    return KillResult(pod_dir, method, signalled, errors or "nothing killed")
 
 
 def signal_members(cgroup: Path, rounds: int = ROUNDS) -> KillResult:

@@ -23,7 +23,7 @@ two lines, and when the node is short acts on **one** pod at a time:
   from the per-pod ``--node-max-evictions-per-minute``).
 
 API writes and Events go through the agent's :class:`~memwatch.agent.ActionWorker`; kills go through
-:func:`memwatch.kill.kill_cgroup` inline, as the agent's own kill rung does. ``--node-guard=dry-run``
+:func:`memwatch.kill.kill_pod` inline (the pod's containers, never its sandbox). ``--node-guard=dry-run``
 logs and Events what it would do (once per victim and pressure episode) and writes nothing else.
 """
 
@@ -45,7 +45,7 @@ from typing import TYPE_CHECKING, Any
 from prometheus_client import Counter, Gauge
 
 from memwatch.enforcer import RateCaps
-from memwatch.kill import kill_cgroup
+from memwatch.kill import kill_pod
 from memwatch.kube import WriteResult
 from memwatch.nodesignals import NodeSignalReader, NodeSignals, pod_working_set
 from memwatch.observability import COMPONENT
@@ -563,7 +563,7 @@ class NodeGuard:
         if p.path is None:
             self._fail(p, "no pod cgroup to kill")
             return
-        result = kill_cgroup(p.path, self.agent.source.hierarchy)
+        result = kill_pod(p.path, self.agent.source.hierarchy)  # its containers, never its sandbox
         if result.vanished:
             self.pending = None
             return

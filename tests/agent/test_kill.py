@@ -235,3 +235,33 @@ def test_real_pid_reuse_by_a_process_outside_the_cgroup_is_never_signalled(monke
         finally:
             innocent.kill()
             innocent.wait()
+
+
+@pytest.mark.cgroup
+@needs_real
+def test_real_pod_kill_takes_its_containers_and_leaves_the_sandbox(tmp_path: Path) -> None:
+    """The node guard's hard line: every application container of the pod dies, the pause sandbox
+    lives on (the kubelet restarts the containers in place, with the pod's network intact)."""
+    import shutil
+
+    from memwatch.kill import kill_pod
+
+    pause = tmp_path / "pause"
+    shutil.copy(shutil.which("sleep") or "/bin/sleep", pause)
+    with real_memory_cgroup() as pod:
+        (pod / ("a" * 64)).mkdir()
+        (pod / ("b" * 64)).mkdir()
+        (pod / ("c" * 64)).mkdir()
+        sandbox = spawn_in(pod / ("a" * 64), [str(pause), "60"])
+        apps = [spawn_in(pod / ("b" * 64), ["sleep", "60"]), spawn_in(pod / ("c" * 64), ["sleep", "60"])]
+        try:
+            result = kill_pod(pod, Hierarchy(1, pod.parent))
+            assert result.ok and result.signalled == 2, result
+            for p in apps:
+                assert p.wait(timeout=10) == -signal.SIGKILL
+            assert sandbox.poll() is None, "the sandbox was killed"
+            nothing = kill_pod(pod, Hierarchy(1, pod.parent))
+            assert not nothing.ok, nothing  # only the sandbox left: a failure, never a kill
+        finally:
+            sandbox.kill()
+            sandbox.wait()
