@@ -17,7 +17,6 @@ slice and scaled to 10k. Steady-state CPU: `memwatch run` and the kopf baseline 
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import threading
@@ -44,6 +43,8 @@ from common import (
     ratio,
     wait_sweeps,
 )
+
+from memwatch.kube import loads
 
 NAME = "controller-scale"
 STEADY_SECONDS = 10.0
@@ -170,7 +171,7 @@ class _BodyKube:
         self.metrics = metrics
 
     def get_json(self, path: str, query: Any = None, timeout: float | None = None) -> Any:
-        return json.loads(self.metrics.list_body())
+        return loads(self.metrics.list_body())  # the decoder Kube.get_json uses
 
 
 def sweep_cpu(n: int, sweeps: int) -> dict[str, float]:

@@ -48,6 +48,14 @@ def parse_bytes(text: str, allow_zero: bool = False) -> int:
     suffixes ``m``, ``u``, ``n`` (`512m` is 0.512 bytes, almost always a typo for `512Mi`). A
     fraction of a byte rounds up, as Kubernetes rounds any non-zero quantity up.
     """
+    # Fastest path: `<digits>Ki`, what metrics-server and the kubelet write (no regex: ~0.3 us).
+    if text[-2:] == "Ki" and 2 < len(text) <= 17:
+        digits = text[:-2]
+        if digits.isascii() and digits.isdigit():
+            value = int(digits) << 10
+            if value == 0 and not allow_zero:
+                raise QuantityError(f"{shown(text)} must be greater than zero")
+            return value
     plain = _PLAIN.fullmatch(text)
     if plain:  # fast path; 15 digits shifted by at most 30 bits stays far below 2^63
         number, suffix = plain.groups()

@@ -249,7 +249,9 @@ def test_the_loop_runs_and_stops(v2_tree: Path) -> None:
             time.sleep(0.01)
     finally:
         agent.stop()
-    assert api.evictions == [("default", "app", UID_B)] and agent.ticks >= 1
+    assert api.evictions == [("default", "app", UID_B)] and agent.ticks >= 1, (
+        f"evictions {api.evictions}, events {api.reasons()}, ticks {agent.ticks}, "
+        f"last sample {agent.last_tick * 1000:.1f} ms, lifecycle {agent.lifecycle.peek(UID_B)}")
 
 
 def test_agent_help_documents_every_flag(capsys: pytest.CaptureFixture[str]) -> None:
