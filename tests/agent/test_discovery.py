@@ -188,3 +188,32 @@ def test_a_leak_from_the_first_instruction_is_preempted_and_the_sandbox_left_alo
         assert result.killer == "memwatch" and result.exit_signal == 9, f"run {run}: {result}"
         assert result.sandbox_alive, f"run {run}: the sandbox was killed too: {result}"
         assert result.first_sample is not None, f"run {run}: the agent never held the container: {result}"
+
+
+def test_v2_systemd_a_new_pods_scopes_are_found_and_the_sandbox_left_out(v2_tree: Path, tmp_path: Path) -> None:
+    """cgroup v2 with the systemd driver cannot run for real on this machine (v1 only): the same
+    discovery on the v2 fixture tree, with real processes named in the scopes' cgroup.procs."""
+    from agent.helpers import set_usage
+
+    pause = tmp_path / "pause"
+    shutil.copy(shutil.which("sleep") or "/bin/sleep", pause)
+    uid = str(uuid.uuid4())
+    burstable = v2_tree / "kubepods.slice" / "kubepods-burstable.slice"
+    template = next(burstable.glob("kubepods-burstable-pod*.slice"))
+    slice_ = burstable / f"kubepods-burstable-pod{uid.replace('-', '_')}.slice"
+    shutil.copytree(template, slice_, ignore=shutil.ignore_patterns("*.scope"))
+    sandbox = subprocess.Popen([str(pause), "30"])
+    try:
+        for cid, pid in (("c" * 64, sandbox.pid), (CID_A, os.getpid())):
+            scope = slice_ / f"cri-containerd-{cid}.scope"
+            shutil.copytree(next(template.glob("cri-containerd-*.scope")), scope)
+            (scope / "cgroup.procs").write_text(f"{pid}\n")
+            set_usage(scope, 100 << 20)
+        source = CgroupSource(Hierarchy.detect(v2_tree))
+        usage = source.sample(record(_pending_pod(uid)))
+        assert usage is not None and usage.containers == {"app": 100 << 20}
+        assert source.pods[uid].containers["app"].path.name == f"cri-containerd-{CID_A}.scope"
+        source.close()
+    finally:
+        sandbox.kill()
+        sandbox.wait()
