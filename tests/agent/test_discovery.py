@@ -13,6 +13,7 @@ import select
 import shutil
 import subprocess
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -99,6 +100,21 @@ needs_real = pytest.mark.skipif(real_cgroup_unavailable() is not None,
                                 reason=f"SKIPPED LOUDLY: {real_cgroup_unavailable()}")
 
 
+@pytest.fixture
+def real_node() -> Iterator[tuple[Path, CgroupSource, list[subprocess.Popen[bytes]]]]:
+    """A scratch real v1 memory root, a CgroupSource on it, and a list whose processes are killed after."""
+    procs: list[subprocess.Popen[bytes]] = []
+    with real_memory_cgroup() as root:
+        source = CgroupSource(Hierarchy(1, root))
+        try:
+            yield root, source, procs
+        finally:
+            for p in procs:
+                p.kill()
+                p.wait()
+            source.close()
+
+
 def _pending_pod(uid: str, containers: tuple[str, ...] = ("app",), ids: dict[str, str] | None = None
                  ) -> dict[str, object]:
     pod = make_pod(uid, containers=tuple((n, "256Mi", (ids or {}).get(n, "")) for n in containers))
@@ -108,73 +124,59 @@ def _pending_pod(uid: str, containers: tuple[str, ...] = ("app",), ids: dict[str
 
 @pytest.mark.cgroup
 @needs_real
-def test_a_pods_containers_are_found_before_the_api_names_them_and_kept_when_it_does(tmp_path: Path) -> None:
+def test_a_pods_containers_are_found_before_the_api_names_them_and_kept_when_it_does(
+        tmp_path: Path, real_node: tuple[Path, CgroupSource, list[subprocess.Popen[bytes]]]) -> None:
+    root, source, procs = real_node
     pause = tmp_path / "pause"
     shutil.copy(shutil.which("sleep") or "/bin/sleep", pause)
     uid = str(uuid.uuid4())
-    procs: list[subprocess.Popen[bytes]] = []
-    with real_memory_cgroup() as root:
-        source = CgroupSource(Hierarchy(1, root))
-        try:
-            pod_dir = root / "kubepods" / "burstable" / f"pod{uid}"
-            (root / "kubepods" / "burstable").mkdir(parents=True)
-            rec = record(_pending_pod(uid, ("app", "side")))
-            assert source.sample(rec) is None  # bound, nothing made yet
-            pod_dir.mkdir()
-            usage = source.sample(rec)
-            assert usage is not None and usage.containers == {} and usage.pod_bytes is not None
-            assert source.notify_fd() is not None and pod_dir in source._pod_dirs
-            (pod_dir / ("c" * 64)).mkdir()
-            procs.append(spawn_in(pod_dir / ("c" * 64), [str(pause), "60"]))
-            (pod_dir / CID_A).mkdir()
-            ready, _, _ = select.select([source.notify_fd()], [], [], 1.0)
-            assert ready, "inotify did not report the new container cgroup"
-            source.changed()
-            procs.append(spawn_in(pod_dir / CID_A, ["sleep", "60"]))
-            usage = source.sample(rec)
-            assert usage is not None and set(usage.containers) == {"?" + "a" * 12}  # the sandbox is left out
-            reader = source.pods[uid].containers["?" + "a" * 12]
-            named = record(_pending_pod(uid, ("app", "side"), {"app": CID_A}))
-            usage = source.sample(named)
-            assert usage is not None and set(usage.containers) == {"app"}
-            assert source.pods[uid].containers["app"] is reader  # the same open files, thresholds and all
-        finally:
-            for p in procs:
-                p.kill()
-                p.wait()
-            source.close()
+    pod_dir = root / "kubepods" / "burstable" / f"pod{uid}"
+    (root / "kubepods" / "burstable").mkdir(parents=True)
+    rec = record(_pending_pod(uid, ("app", "side")))
+    assert source.sample(rec) is None  # bound, nothing made yet
+    pod_dir.mkdir()
+    usage = source.sample(rec)
+    assert usage is not None and usage.containers == {} and usage.pod_bytes is not None
+    assert source.notify_fd() is not None and pod_dir in source._pod_dirs
+    (pod_dir / ("c" * 64)).mkdir()
+    procs.append(spawn_in(pod_dir / ("c" * 64), [str(pause), "60"]))
+    (pod_dir / CID_A).mkdir()
+    ready, _, _ = select.select([source.notify_fd()], [], [], 1.0)
+    assert ready, "inotify did not report the new container cgroup"
+    source.changed()
+    procs.append(spawn_in(pod_dir / CID_A, ["sleep", "60"]))
+    usage = source.sample(rec)
+    assert usage is not None and set(usage.containers) == {"?" + "a" * 12}  # the sandbox is left out
+    reader = source.pods[uid].containers["?" + "a" * 12]
+    named = record(_pending_pod(uid, ("app", "side"), {"app": CID_A}))
+    usage = source.sample(named)
+    assert usage is not None and set(usage.containers) == {"app"}
+    assert source.pods[uid].containers["app"] is reader  # the same open files, thresholds and all
 
 
 @pytest.mark.cgroup
 @needs_real
-def test_a_restarted_container_is_picked_up_under_its_name(tmp_path: Path) -> None:
+def test_a_restarted_container_is_picked_up_under_its_name(
+        real_node: tuple[Path, CgroupSource, list[subprocess.Popen[bytes]]]) -> None:
+    root, source, procs = real_node
     uid = str(uuid.uuid4())
-    procs: list[subprocess.Popen[bytes]] = []
-    with real_memory_cgroup() as root:
-        source = CgroupSource(Hierarchy(1, root))
-        try:
-            pod_dir = root / "kubepods" / "burstable" / f"pod{uid}"
-            pod_dir.mkdir(parents=True)
-            rec = record(_pending_pod(uid, ("app",), {"app": CID_A}))
-            (pod_dir / CID_A).mkdir()
-            procs.append(spawn_in(pod_dir / CID_A, ["sleep", "60"]))
-            usage = source.sample(rec)
-            assert usage is not None and set(usage.containers) == {"app"}
-            procs[0].kill()
-            procs[0].wait()
-            (pod_dir / CID_A).rmdir()  # the runtime removes the ended container's cgroup
-            (pod_dir / CID_B).mkdir()  # and makes the new one; the API still reports the old ID
-            procs.append(spawn_in(pod_dir / CID_B, ["sleep", "60"]))
-            assert select.select([source.notify_fd()], [], [], 1.0)[0]
-            source.changed()
-            usage = source.sample(rec)
-            assert usage is not None and set(usage.containers) == {"app"}
-            assert source.pods[uid].containers["app"].path == pod_dir / CID_B
-        finally:
-            for p in procs:
-                p.kill()
-                p.wait()
-            source.close()
+    pod_dir = root / "kubepods" / "burstable" / f"pod{uid}"
+    pod_dir.mkdir(parents=True)
+    rec = record(_pending_pod(uid, ("app",), {"app": CID_A}))
+    (pod_dir / CID_A).mkdir()
+    procs.append(spawn_in(pod_dir / CID_A, ["sleep", "60"]))
+    usage = source.sample(rec)
+    assert usage is not None and set(usage.containers) == {"app"}
+    procs[0].kill()
+    procs[0].wait()
+    (pod_dir / CID_A).rmdir()  # the runtime removes the ended container's cgroup
+    (pod_dir / CID_B).mkdir()  # and makes the new one; the API still reports the old ID
+    procs.append(spawn_in(pod_dir / CID_B, ["sleep", "60"]))
+    assert select.select([source.notify_fd()], [], [], 1.0)[0]
+    source.changed()
+    usage = source.sample(rec)
+    assert usage is not None and set(usage.containers) == {"app"}
+    assert source.pods[uid].containers["app"].path == pod_dir / CID_B
 
 
 @pytest.mark.cgroup
