@@ -7,7 +7,9 @@ recorder), with these differences:
   load is one LIST+WATCH of its own pods, whatever the size of the cluster.
 * Usage comes from the node's cgroup files (:class:`memwatch.cgroups.CgroupSource`), read every
   ``--sample-period`` (100 ms) by one loop, no per-pod threads. The loop also wakes when the kernel
-  reports a threshold crossing (v1 eventfd on ``memory.usage_in_bytes``, v2 ``memory.events``).
+  reports a threshold crossing (v1 eventfd on ``memory.usage_in_bytes``, v2 ``memory.events``), and
+  when inotify reports a new pod or container cgroup (:mod:`memwatch.discovery`): a pod is armed
+  from its pod cgroup's creation, before its first container runs.
 * Growth prediction: a short ring of samples per pod; when the growth rate will carry a container
   past its hard limit (``limits.memory``) before the next sample plus the time the action takes
   (:func:`memwatch.policy.seconds_to_cross`), the agent acts now. ``memwatch.io/predict: "false"``
