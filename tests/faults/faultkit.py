@@ -41,7 +41,7 @@ from typing import Any
 
 import urllib3
 
-from integration.clusterkit import Admin, hog_pod, holding, wait_for
+from integration.clusterkit import Admin, audit_code, audit_entries, audit_user, hog_pod, holding, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 CLUSTER_SCRIPT = REPO / "hack" / "local-cluster.sh"
@@ -158,31 +158,22 @@ def _instance_at(namespace: str, name: str, at: float) -> str | None:
 
 def pod_writes(audit_log: Path, namespace: str, user: Callable[[str], bool] = lambda _: True) -> list[PodWrite]:
     """Every completed eviction/delete of a pod in ``namespace`` by a user ``user`` accepts."""
-    out: dict[str, PodWrite] = {}
-    needle = f'"namespace":"{namespace}"'
-    with audit_log.open(encoding="utf-8", errors="replace") as fh:
-        for line in fh:
-            if needle not in line or '"resource":"pods"' not in line:
-                continue
-            try:
-                ev = json.loads(line)
-            except ValueError:
-                continue
-            ref = ev.get("objectRef") or {}
-            if ev.get("stage") != "ResponseComplete" or ref.get("namespace") != namespace:
-                continue
-            verb, sub = ev.get("verb", ""), ref.get("subresource", "")
-            if not ((verb == "create" and sub == "eviction") or (verb == "delete" and not sub)):
-                continue
-            who = (ev.get("impersonatedUser") or {}).get("username") or (ev.get("user") or {}).get("username", "")
-            if not user(who):
-                continue
-            at, name = _epoch(ev.get("requestReceivedTimestamp")), ref.get("name", "")
-            out[ev.get("auditID", line)] = PodWrite(
-                at=at, user=who, verb=verb, subresource=sub, namespace=namespace, name=name,
-                uid=_precondition_uid(ev.get("requestObject")) or _instance_at(namespace, name, at),
-                code=int((ev.get("responseStatus") or {}).get("code") or 0))
-    return sorted(out.values(), key=lambda w: w.at)
+    out = []
+    for ev in audit_entries(audit_log, f'"namespace":"{namespace}"'):
+        ref = ev.get("objectRef") or {}
+        if ev.get("stage") != "ResponseComplete" or ref.get("namespace") != namespace or ref.get("resource") != "pods":
+            continue
+        verb, sub = ev.get("verb", ""), ref.get("subresource", "")
+        if not ((verb == "create" and sub == "eviction") or (verb == "delete" and not sub)):
+            continue
+        who = audit_user(ev)
+        if not user(who):
+            continue
+        at, name = _epoch(ev.get("requestReceivedTimestamp")), ref.get("name", "")
+        out.append(PodWrite(at=at, user=who, verb=verb, subresource=sub, namespace=namespace, name=name,
+                            uid=_precondition_uid(ev.get("requestObject")) or _instance_at(namespace, name, at),
+                            code=audit_code(ev)))
+    return sorted(out, key=lambda w: w.at)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -602,23 +593,14 @@ def acted_events(admin: Admin, namespace: str, uid: str) -> int:
 def writes_by(audit_log: Path, user: str, since: float) -> list[tuple[str, str, str, int, float]]:
     """Every write (not get/list/watch) ``user`` made from ``since`` on:
     (verb, resource, name, answer code, epoch)."""
-    out: dict[str, tuple[str, str, str, int, float]] = {}
-    needle = f'"{user}"'
-    with audit_log.open(encoding="utf-8", errors="replace") as fh:
-        for line in fh:
-            if needle not in line:
-                continue
-            try:
-                ev = json.loads(line)
-            except ValueError:
-                continue
-            if ev.get("stage") != "ResponseComplete" or ev.get("verb") in ("get", "list", "watch"):
-                continue
-            if (ev.get("user") or {}).get("username") != user:
-                continue
-            at = _epoch(ev.get("requestReceivedTimestamp"))
-            if at >= since:
-                ref = ev.get("objectRef") or {}
-                out[ev.get("auditID", line)] = (ev["verb"], ref.get("resource", ""), ref.get("name", ""),
-                                                int((ev.get("responseStatus") or {}).get("code") or 0), at)
-    return sorted(out.values(), key=lambda w: w[4])
+    out = []
+    for ev in audit_entries(audit_log, f'"{user}"'):
+        if ev.get("stage") != "ResponseComplete" or ev.get("verb") in ("get", "list", "watch"):
+            continue
+        if (ev.get("user") or {}).get("username") != user:
+            continue
+        at = _epoch(ev.get("requestReceivedTimestamp"))
+        if at >= since:
+            ref = ev.get("objectRef") or {}
+            out.append((ev["verb"], ref.get("resource", ""), ref.get("name", ""), audit_code(ev), at))
+    return sorted(out, key=lambda w: w[4])

@@ -352,27 +352,46 @@ class AuditedRequest:
         return self.verb not in ("get", "list", "watch")
 
 
-def audited_requests(path: Path, user_prefix: str) -> list[AuditedRequest]:
-    """Requests made as any user whose name starts with ``user_prefix`` (one entry per request)."""
-    seen: dict[str, AuditedRequest] = {}
+def audit_entries(path: Path, needle: str) -> list[dict[str, Any]]:
+    """The audit log's requests whose line holds ``needle`` (a cheap pre-filter: the log holds every
+    request of the cluster), one entry per request (the last stage logged), oldest first. The one
+    reader of the audit log for every suite (integration, faults)."""
+    seen: dict[str, dict[str, Any]] = {}
     with path.open(encoding="utf-8", errors="replace") as fh:
         for line in fh:
-            if user_prefix not in line:
-                continue  # cheap pre-filter: the log holds every request of the cluster
+            if needle not in line:
+                continue
             try:
                 ev = json.loads(line)
             except ValueError:
-                continue
-            user = (ev.get("impersonatedUser") or {}).get("username") or (ev.get("user") or {}).get("username", "")
-            if not user.startswith(user_prefix):
-                continue
-            ref = ev.get("objectRef") or {}
-            seen[ev.get("auditID", line)] = AuditedRequest(
-                verb=ev.get("verb", ""), uri=ev.get("requestURI", ""), user=user,
-                resource=ref.get("resource", ""), subresource=ref.get("subresource", ""),
-                namespace=ref.get("namespace", ""), name=ref.get("name", ""),
-                code=int((ev.get("responseStatus") or {}).get("code") or 0))
+                continue  # a line cut by the writer, being written now
+            if isinstance(ev, dict):
+                seen[ev.get("auditID", line)] = ev
     return list(seen.values())
+
+
+def audit_user(ev: Mapping[str, Any]) -> str:
+    """Who made the request: the impersonated user when there is one."""
+    return str((ev.get("impersonatedUser") or {}).get("username") or (ev.get("user") or {}).get("username", ""))
+
+
+def audit_code(ev: Mapping[str, Any]) -> int:
+    return int((ev.get("responseStatus") or {}).get("code") or 0)
+
+
+def audited_requests(path: Path, user_prefix: str) -> list[AuditedRequest]:
+    """Requests made as any user whose name starts with ``user_prefix`` (one entry per request)."""
+    out = []
+    for ev in audit_entries(path, user_prefix):
+        user = audit_user(ev)
+        if not user.startswith(user_prefix):
+            continue
+        ref = ev.get("objectRef") or {}
+        out.append(AuditedRequest(
+            verb=ev.get("verb", ""), uri=ev.get("requestURI", ""), user=user,
+            resource=ref.get("resource", ""), subresource=ref.get("subresource", ""),
+            namespace=ref.get("namespace", ""), name=ref.get("name", ""), code=audit_code(ev)))
+    return out
 
 
 #: The only writes memwatch may make on pods: evict them, or delete them.
