@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
-import signal
 import statistics
 import subprocess
 import threading
@@ -32,7 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from oom_race import V1_MEMORY, build_hog, cgroup_v1_unavailable  # this directory (run as a script, or on sys.path)
+from oom_race import build_hog, cgroup_v1_unavailable  # this directory (run as a script, or on sys.path)
+from realcgroup import V1_MEMORY, remove_tree
 
 from memwatch.agent import Agent
 from memwatch.cgroups import CgroupSource, Hierarchy
@@ -53,22 +52,6 @@ def _write(path: Path, value: str) -> None:
     path.write_text(value)
 
 
-def _remove(root: Path) -> None:
-    for top, _, _ in sorted(os.walk(root), key=lambda t: -len(t[0])):
-        for _ in range(500):
-            with contextlib.suppress(OSError, ValueError):
-                for pid in (Path(top) / "cgroup.procs").read_text().split():
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(int(pid), signal.SIGKILL)
-            try:
-                os.rmdir(top)
-                break
-            except FileNotFoundError:
-                break
-            except OSError:
-                time.sleep(0.01)
-
-
 @contextlib.contextmanager
 def node(limit_mib: int = LIMIT_MIB) -> Iterator[Path]:
     """A fresh real memory root holding ``kubepods`` with a hard limit (no swap); removed afterwards."""
@@ -82,7 +65,7 @@ def node(limit_mib: int = LIMIT_MIB) -> Iterator[Path]:
             _write(kubepods / "memory.memsw.limit_in_bytes", str(limit_mib * MiB))
         yield root
     finally:
-        _remove(root)
+        remove_tree(root)
 
 
 def spawn(cgroup: Path, argv: list[str]) -> subprocess.Popen[bytes]:

@@ -53,9 +53,11 @@ from memwatch.policy import Defaults
 from memwatch.protections import Protections
 from memwatch.settings import Settings
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from realcgroup import V1_MEMORY, v1_unavailable
+
 REPO = Path(__file__).resolve().parent.parent
 HOG_SOURCE = REPO / "tests" / "images" / "hog" / "hog.c"
-V1_MEMORY = Path("/sys/fs/cgroup/memory")
 MiB = 1 << 20
 RATES = (50, 200, 500, 1000)
 HARD_MIB = 256
@@ -68,15 +70,10 @@ GAP_MIB = 64  # watch limit = hard limit - 64 MiB
 
 def cgroup_v1_unavailable() -> str | None:
     """Why the real-cgroup harness cannot run here, or None when it can."""
-    if os.geteuid() != 0:
-        return "not root: creating memory cgroups needs root"
-    if not (V1_MEMORY / "memory.usage_in_bytes").exists():
-        return f"no cgroup v1 memory hierarchy at {V1_MEMORY}"
-    if not os.access(V1_MEMORY, os.W_OK):
-        return f"{V1_MEMORY} is not writable"
-    if shutil.which("gcc") is None:
+    why = v1_unavailable()
+    if why is None and shutil.which("gcc") is None:
         return "gcc is missing (the hog is built with gcc -static)"
-    return None
+    return why
 
 
 def build_hog(cache: Path | None = None) -> Path:

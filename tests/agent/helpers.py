@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +15,9 @@ from memwatch.kube import WriteResult
 from memwatch.policy import Defaults
 from memwatch.protections import Protections
 from memwatch.settings import Settings
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+from realcgroup import V1_MEMORY, remove_tree, v1_unavailable
 
 FIXTURES = Path(__file__).parent / "fixtures"
 MiB = 1 << 20
@@ -132,35 +135,9 @@ def v1_container(path: Path, working_set: int, inactive: int = 24 * MiB) -> None
     (path / "cgroup.procs").write_text("")
 
 
-V1_MEMORY = Path("/sys/fs/cgroup/memory")
-
-
 def real_cgroup_unavailable() -> str | None:
     """Why a real cgroup v1 memory cgroup cannot be made here, or None when it can."""
-    if os.geteuid() != 0:
-        return "not root: creating memory cgroups needs root"
-    if not (V1_MEMORY / "memory.usage_in_bytes").exists():
-        return f"no cgroup v1 memory hierarchy at {V1_MEMORY}"
-    if not os.access(V1_MEMORY, os.W_OK):
-        return f"{V1_MEMORY} is not writable"
-    return None
-
-
-def _kill_and_remove(path: Path) -> None:
-    """Kill what is left in a real cgroup tree (deepest first) and remove it; waits on the kernel."""
-    for top, _, _ in sorted(os.walk(path), key=lambda t: -len(t[0])):
-        for _attempt in range(500):
-            with contextlib.suppress(OSError, ValueError):
-                for pid in (Path(top) / "cgroup.procs").read_text().split():
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(int(pid), signal.SIGKILL)
-            try:
-                os.rmdir(top)
-                break
-            except FileNotFoundError:
-                break
-            except OSError:
-                os.sched_yield()  # EBUSY until the kernel has reaped the killed processes
+    return v1_unavailable()
 
 
 @contextlib.contextmanager
@@ -171,7 +148,7 @@ def real_memory_cgroup(prefix: str = "memwatch-test") -> Iterator[Path]:
     try:
         yield path
     finally:
-        _kill_and_remove(path)
+        remove_tree(path)
 
 
 def spawn_in(cgroup: Path, argv: list[str]) -> subprocess.Popen[bytes]:
