@@ -10,18 +10,14 @@ without the local cluster, like `test_install.py`.
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import Iterator
 from typing import Any
 
-import helm_python
-import kubernetes
 import pytest
 from kubernetes.client.rest import ApiException
 
-from .chartlib import CHART_DIR
-from .test_install import HOG_IMAGE, KUBECONFIG, _delete_namespace, _skip_unless_cluster, wait_for
+from .test_install import HOG_IMAGE, installed, wait_for
 
 pytestmark = pytest.mark.cluster
 
@@ -41,25 +37,8 @@ VALUES: dict[str, Any] = {
 
 @pytest.fixture(scope="module")
 def core() -> Iterator[Any]:
-    api = _skip_unless_cluster()
-    core = kubernetes.client.CoreV1Api(api)
-    helm = helm_python.Config(kubeconfig_path=str(KUBECONFIG), namespace=NAMESPACE)
-    helm.uninstall(RELEASE, ignore_not_found=True, wait="watcher", timeout=120)
-    for namespace in (NAMESPACE, WORKLOAD_NAMESPACE):
-        _delete_namespace(core, namespace)
-    helm.install(CHART_DIR, RELEASE, VALUES, namespace=NAMESPACE, create_namespace=True, wait="watcher",
-                 timeout=240)
-    core.create_namespace({"metadata": {"name": WORKLOAD_NAMESPACE}})
-    # Pods cannot be created until the namespace's default ServiceAccount has its token (1.20).
-    wait_for("the workload namespace's default ServiceAccount token",
-             lambda: core.read_namespaced_service_account("default", WORKLOAD_NAMESPACE).secrets, timeout=60)
-    yield core
-    if os.environ.get("MEMWATCH_TEST_KEEP") == "1":
-        return
-    helm.uninstall(RELEASE, ignore_not_found=True, wait="watcher", timeout=120)
-    for namespace in (WORKLOAD_NAMESPACE, NAMESPACE):
-        _delete_namespace(core, namespace)
-    helm.close()
+    with installed(RELEASE, VALUES, NAMESPACE, WORKLOAD_NAMESPACE) as (_api, core, _helm):
+        yield core
 
 
 def _agent_pod(core: Any) -> Any:

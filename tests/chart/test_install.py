@@ -12,6 +12,7 @@ release installed.
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
 import time
 import uuid
@@ -125,41 +126,43 @@ def _delete_namespace(core: Any, name: str) -> None:
     wait_for(f"namespace {name} to go", gone, timeout=180)
 
 
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[Cluster]:
+@contextlib.contextmanager
+def installed(release: str, values: dict[str, Any], namespace: str, workload_namespace: str
+              ) -> Iterator[tuple[Any, Any, Any]]:
+    """The chart installed as ``release`` in ``namespace`` with the real Helm engine (leftovers of an
+    interrupted run removed first), and an empty ``workload_namespace`` whose pods can be created;
+    both removed afterwards unless MEMWATCH_TEST_KEEP=1. Yields (api client, CoreV1Api, helm)."""
     api = _skip_unless_cluster()
     core = kubernetes.client.CoreV1Api(api)
-    helm = helm_python.Config(kubeconfig_path=str(KUBECONFIG), namespace=NAMESPACE)
-    # Leftovers of an interrupted run.
-    helm.uninstall(RELEASE, ignore_not_found=True, wait="watcher", timeout=120)
-    for namespace in (NAMESPACE, WORKLOAD_NAMESPACE):
-        _delete_namespace(core, namespace)
-    helm.install(
-        CHART_DIR,
-        RELEASE,
-        VALUES,
-        namespace=NAMESPACE,
-        create_namespace=True,
-        wait="watcher",
-        timeout=240,
-    )
-    core.create_namespace({"metadata": {"name": WORKLOAD_NAMESPACE}})
+    helm = helm_python.Config(kubeconfig_path=str(KUBECONFIG), namespace=namespace)
+    helm.uninstall(release, ignore_not_found=True, wait="watcher", timeout=120)
+    for name in (namespace, workload_namespace):
+        _delete_namespace(core, name)
+    helm.install(CHART_DIR, release, values, namespace=namespace, create_namespace=True, wait="watcher",
+                 timeout=240)
+    core.create_namespace({"metadata": {"name": workload_namespace}})
     # Pods cannot be created until the namespace's default ServiceAccount has its token (1.20).
     wait_for("the workload namespace's default ServiceAccount token",
-             lambda: core.read_namespaced_service_account("default", WORKLOAD_NAMESPACE).secrets, timeout=60)
-    yield Cluster(
-        api=api,
-        core=core,
-        authz=kubernetes.client.AuthorizationV1Api(api),
-        rbac=kubernetes.client.RbacAuthorizationV1Api(api),
-        helm=helm,
-    )
+             lambda: core.read_namespaced_service_account("default", workload_namespace).secrets, timeout=60)
+    yield api, core, helm
     if os.environ.get("MEMWATCH_TEST_KEEP") == "1":
         return
-    helm.uninstall(RELEASE, ignore_not_found=True, wait="watcher", timeout=120)
-    for namespace in (WORKLOAD_NAMESPACE, NAMESPACE):
-        _delete_namespace(core, namespace)
+    helm.uninstall(release, ignore_not_found=True, wait="watcher", timeout=120)
+    for name in (workload_namespace, namespace):
+        _delete_namespace(core, name)
     helm.close()
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[Cluster]:
+    with installed(RELEASE, VALUES, NAMESPACE, WORKLOAD_NAMESPACE) as (api, core, helm):
+        yield Cluster(
+            api=api,
+            core=core,
+            authz=kubernetes.client.AuthorizationV1Api(api),
+            rbac=kubernetes.client.RbacAuthorizationV1Api(api),
+            helm=helm,
+        )
 
 
 def test_release_is_deployed(cluster: Cluster) -> None:
