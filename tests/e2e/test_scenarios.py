@@ -112,7 +112,9 @@ def test_1_annotated_hog_is_evicted_before_the_kernel_oom_kills_it(
     fields = kill_fields(line)
     assert fields["uid"] == uid
     assert fields["limit"] == WATCH and fields["scope"] == "pod"
-    assert parse_bytes(fields["usage"]) > parse_bytes(WATCH), line
+    # The line rounds usage to the nearest MiB, and the agent's kernel threshold on the pod cgroup
+    # catches the crossing within a page or two: 120.2Mi is written `120Mi`, equal to the limit.
+    assert parse_bytes(fields["usage"]) >= parse_bytes(WATCH), line
     assert parse_bytes(fields["usage"]) < parse_bytes(HARD), line
     assert fields.get("source") and fields.get("latency") and fields.get("sample_age"), line
     for key in ("usage", "source", "sample_age", "latency"):
