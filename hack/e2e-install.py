@@ -83,8 +83,18 @@ class Kubectl:
     def get(self, path: str, **query: Any) -> Any:
         return self.kube.get_json_or_none(path, query)
 
-    def ensure_namespace(self, name: str) -> None:
-        if self.get(f"/api/v1/namespaces/{name}") is None:
+    def ensure_namespace(self, name: str, timeout: float = 180.0) -> None:
+        ns = self.get(f"/api/v1/namespaces/{name}")
+        if ns is not None and ns["metadata"].get("deletionTimestamp"):
+            # An earlier uninstall's namespace still terminating: nothing can be created in it.
+            print(f"waiting for namespace {name} to finish terminating")
+            deadline = time.monotonic() + timeout
+            while ns is not None:
+                if time.monotonic() > deadline:
+                    raise SystemExit(f"e2e-install: namespace {name} is still terminating after {timeout:.0f}s")
+                time.sleep(1)
+                ns = self.get(f"/api/v1/namespaces/{name}")
+        if ns is None:
             body = {"apiVersion": "v1", "kind": "Namespace",
                     "metadata": {"name": name, "labels": {CREATED_BY: "e2e-install"}}}
             self.kube._request("POST", "/api/v1/namespaces", body=body)
