@@ -28,6 +28,8 @@ from memwatch.nodeguard import REASON_NODE_PRESSURE, RULES
 
 from .support import PART_OF, Cluster, Memwatch, PodRecorder, hog_container, sleeper_pod, wait_for
 
+pytestmark = pytest.mark.e2e
+
 KUBEPODS = Path("/sys/fs/cgroup/memory/kubepods")
 ROOM = 1 << 30  # kubepods' limit: what it holds now plus this
 SERVICE_CLASS = "memwatch-e2e-service"
