@@ -32,6 +32,7 @@ from typing import Any
 
 from oom_race import build_hog, cgroup_v1_unavailable  # this directory (run as a script, or on sys.path)
 from realcgroup import V1_MEMORY, remove_tree
+from realcgroup import spawn as spawn_in
 
 from memwatch.agent import Agent
 from memwatch.cgroups import CgroupSource, Hierarchy
@@ -70,8 +71,7 @@ def node(limit_mib: int = LIMIT_MIB) -> Iterator[Path]:
 
 def spawn(cgroup: Path, argv: list[str]) -> subprocess.Popen[bytes]:
     cgroup.mkdir(parents=True, exist_ok=True)
-    script = f'echo $$ > {cgroup}/cgroup.procs && exec "$@"'
-    return subprocess.Popen(["sh", "-c", script, "sh", *argv], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return spawn_in(cgroup, argv)
 
 
 def raw_pod(uid: str, name: str, qos: str, priority: int, annotations: dict[str, str] | None = None,

@@ -54,7 +54,7 @@ from memwatch.protections import Protections
 from memwatch.settings import Settings
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from realcgroup import V1_MEMORY, v1_unavailable
+from realcgroup import V1_MEMORY, spawn, v1_unavailable
 
 REPO = Path(__file__).resolve().parent.parent
 HOG_SOURCE = REPO / "tests" / "images" / "hog" / "hog.c"
@@ -115,10 +115,8 @@ class MemCgroup:
         raise RuntimeError("this kernel's memory.oom_control has no oom_kill counter")
 
     def spawn(self, argv: list[str]) -> subprocess.Popen[bytes]:
-        """Start ``argv`` inside the cgroup: the shell joins it, then execs, so no byte escapes."""
-        script = f'echo $$ > {self.path}/cgroup.procs && exec "$@"'
-        return subprocess.Popen(["sh", "-c", script, "sh", *argv], stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL)
+        """Start ``argv`` inside the cgroup (:func:`realcgroup.spawn`): no byte escapes it."""
+        return spawn(self.path, argv)
 
     def close(self) -> None:
         for _ in range(50):

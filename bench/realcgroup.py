@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
+import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -40,3 +43,42 @@ def remove_tree(root: Path) -> None:
                 break
             except OSError:
                 time.sleep(0.002)
+
+
+def _runc_init() -> str:
+    """``sh`` under the name ``runc-init``: the wrapper that joins a cgroup and then execs the program
+    plays the part of runc's init process, which memwatch.discovery rightly does not take for the
+    sandbox or a container (a plain ``sh`` there would be, until its exec)."""
+    home = Path(tempfile.gettempdir()) / f"memwatch-harness-{os.getuid()}"
+    link = home / "runc-init"
+    if not link.exists():
+        home.mkdir(exist_ok=True)
+        tmp = home / f".runc-init-{os.getpid()}"
+        tmp.unlink(missing_ok=True)
+        tmp.symlink_to(shutil.which("sh") or "/bin/sh")
+        tmp.replace(link)
+    return str(link)
+
+
+def spawn(cgroup: Path, argv: list[str], wait: bool = False) -> subprocess.Popen[bytes]:
+    """Start ``argv`` inside a real cgroup: the wrapper joins it, then execs, so no byte escapes.
+    ``wait``: return only once the wrapper is in the cgroup (its exec may still be under way)."""
+    script = f'echo $$ > {cgroup}/cgroup.procs && {"echo in && " if wait else ""}exec "$@" >/dev/null 2>&1'
+    proc = subprocess.Popen([_runc_init(), "-c", script, "runc-init", *argv],
+                            stdout=subprocess.PIPE if wait else subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    if wait:
+        assert proc.stdout is not None
+        with proc.stdout:
+            proc.stdout.readline()
+    return proc
+
+
+def wait_comm(pid: int, name: str, timeout: float = 5.0) -> None:
+    """Wait until process ``pid`` runs the program called ``name`` (its exec has happened)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError):
+            if Path(f"/proc/{pid}/comm").read_text().strip() == name:
+                return
+        time.sleep(0.001)
+    raise TimeoutError(f"process {pid} never became {name!r}")

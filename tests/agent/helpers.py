@@ -17,7 +17,7 @@ from memwatch.protections import Protections
 from memwatch.settings import Settings
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
-from realcgroup import V1_MEMORY, remove_tree, v1_unavailable
+from realcgroup import V1_MEMORY, remove_tree, spawn, v1_unavailable, wait_comm
 
 FIXTURES = Path(__file__).parent / "fixtures"
 MiB = 1 << 20
@@ -152,10 +152,8 @@ def real_memory_cgroup(prefix: str = "memwatch-test") -> Iterator[Path]:
 
 
 def spawn_in(cgroup: Path, argv: list[str]) -> subprocess.Popen[bytes]:
-    """Start ``argv`` inside a real cgroup: the shell joins it, then execs. Returns once it is in."""
-    script = f'echo $$ > {cgroup}/cgroup.procs && echo in && exec "$@" >/dev/null'
-    proc = subprocess.Popen(["sh", "-c", script, "sh", *argv], stdout=subprocess.PIPE)
-    assert proc.stdout is not None
-    with proc.stdout:
-        proc.stdout.readline()  # the shell is in the cgroup
+    """Start ``argv`` inside a real cgroup (bench/realcgroup.py); returns once the process is in and
+    runs ``argv`` (its exec done, so its name is the program's)."""
+    proc = spawn(cgroup, argv, wait=True)
+    wait_comm(proc.pid, Path(argv[0]).name[:15])
     return proc

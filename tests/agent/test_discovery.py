@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.helpers import make_pod, real_cgroup_unavailable, real_memory_cgroup, spawn_in
+from agent.helpers import make_pod, real_cgroup_unavailable, real_memory_cgroup, spawn_in, wait_comm
 from agent.test_oom_race import oom_race
 from memwatch.cgroups import CgroupSource, Hierarchy
 from memwatch.discovery import CONTAINER, SANDBOX, Inotify, classify, name_containers, short_id
@@ -64,6 +64,7 @@ def test_classify_tells_the_sandbox_from_a_container_by_its_processes(tmp_path: 
     pause = tmp_path / "pause"
     shutil.copy(shutil.which("sleep") or "/bin/sleep", pause)
     proc = subprocess.Popen([str(pause), "30"])
+    wait_comm(proc.pid, "pause")  # exec'd: before it, the child is still this Python
     try:
         assert classify(_fake_cgroup(tmp_path / "sandbox", [proc.pid])) == SANDBOX
         assert classify(_fake_cgroup(tmp_path / "app", [proc.pid, os.getpid()])) == CONTAINER
@@ -73,6 +74,7 @@ def test_classify_tells_the_sandbox_from_a_container_by_its_processes(tmp_path: 
         runc = tmp_path / "runc:[2:INIT]"
         shutil.copy(pause, runc)
         setting_up = subprocess.Popen([str(runc), "30"])
+        wait_comm(setting_up.pid, "runc:[2:INIT]")
         try:  # the runtime's init process comes first in the sandbox and in containers alike
             assert classify(_fake_cgroup(tmp_path / "creating", [setting_up.pid])) is None
         finally:
@@ -205,6 +207,7 @@ def test_v2_systemd_a_new_pods_scopes_are_found_and_the_sandbox_left_out(v2_tree
     slice_ = burstable / f"kubepods-burstable-pod{uid.replace('-', '_')}.slice"
     shutil.copytree(template, slice_, ignore=shutil.ignore_patterns("*.scope"))
     sandbox = subprocess.Popen([str(pause), "30"])
+    wait_comm(sandbox.pid, "pause")
     try:
         for cid, pid in (("c" * 64, sandbox.pid), (CID_A, os.getpid())):
             scope = slice_ / f"cri-containerd-{cid}.scope"
