@@ -29,7 +29,6 @@ import errno
 import logging
 import os
 import re
-import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -435,12 +434,11 @@ class CgroupReader:
         return max(1, result.signalled)  # cgroup.kill may kill processes this namespace cannot see
 
 
-def _has_procs(cgroup: Path) -> bool:
+def _holds_processes(cgroup: Path) -> bool:
     """Whether ``cgroup`` holds a process now (False when it is gone or unreadable)."""
     try:
-        with open(cgroup / "cgroup.procs", "rb") as f:
-            return bool(f.read(64).strip())
-    except OSError:
+        return bool(read_procs(cgroup))
+    except CgroupError:
         return False
 
 
@@ -545,7 +543,8 @@ class CgroupSource:
         self._pod_dirs: dict[Path, str] = {}  # watched pod directory -> pod UID
         self._dirty: set[str] = set()  # pods whose directory changed since it was last looked at
         self._kinds: dict[str, dict[str, str]] = {}  # uid -> child directory name -> sandbox|container
-        self._unsettled: dict[str, float] = {}  # uid -> until when undecided children are looked at again
+        self._unsettled: dict[str, float] = {}  # uid -> since when it has had an undecided child
+        self._said_enospc = False
 
     # -- resolution ----------------------------------------------------------------------------
     def bases(self) -> list[Path]:
@@ -573,7 +572,7 @@ class CgroupSource:
             self._watches[path] = self.notify.watch(path)
             return True
         except OSError as exc:
-            if exc.errno == errno.ENOSPC and not getattr(self, "_said_enospc", False):
+            if exc.errno == errno.ENOSPC and not self._said_enospc:
                 self._said_enospc = True
                 log.warning("out of inotify watches (%s): cgroups beyond them are found by scanning", exc)
             return False
@@ -614,7 +613,7 @@ class CgroupSource:
         (runc makes the directory, then moves the container's first process in): looked at again
         within milliseconds, not at the next sample, so the agent holds the container at once."""
         now = time.monotonic()
-        return [uid for uid, until in self._unsettled.items() if now < until - UNSETTLED_SECONDS + SETTLE_FAST]
+        return [uid for uid, since in self._unsettled.items() if now < since + SETTLE_FAST]
 
     def settle(self, record: PodRecord) -> bool:
         """Look at an unsettled pod's directory again; True when the set of open cgroups changed."""
@@ -626,9 +625,9 @@ class CgroupSource:
     def _rescan_due(self, uid: str, entry: PodCgroups, now: float) -> bool:
         if uid in self._dirty:
             return True
-        until = self._unsettled.get(uid)
-        if until is not None:
-            if now < until:
+        since = self._unsettled.get(uid)
+        if since is not None:
+            if now < since + UNSETTLED_SECONDS:
                 return True
             del self._unsettled[uid]  # undecided for too long (no process visible): wait for the API's IDs
         unwatched = entry.pod_dir is not None and entry.pod_dir not in self._pod_dirs
@@ -694,13 +693,13 @@ class CgroupSource:
         for gone in [n for n in kinds if n not in present]:
             del kinds[gone]
         if undecided:
-            self._unsettled.setdefault(record.uid, time.monotonic() + UNSETTLED_SECONDS)
+            self._unsettled.setdefault(record.uid, time.monotonic())
         else:
             self._unsettled.pop(record.uid, None)
         if not found:
             return {}
         sole = record.containers[0].name if len(record.containers) == 1 and not record.has_init else None
-        live = {path: bool(_has_procs(path)) for path in named.values()}
+        live = {path: _holds_processes(path) for path in named.values()}
         return name_containers(named, [p for _, p in sorted(found)], sole, live)
 
     def _refuse(self, record: PodRecord, message: str) -> None:
@@ -747,12 +746,12 @@ class CgroupSource:
                     except Vanished:
                         if not entry.containers:
                             raise
-        except BaseException:
+        except BaseException as exc:
             for r in entry.readers():
                 if r not in old:
                     r.close()  # what this call opened before the failure; the old entry stays as it was
-            if isinstance(sys.exc_info()[1], Vanished):
-                return current
+            if isinstance(exc, Vanished):
+                return current  # the pod cgroup went while it was being opened
             raise
         for r in reuse.values():
             r.close()  # cgroups that are gone from the pod (an ended container)

@@ -41,7 +41,6 @@ IN_MOVED_TO = 0x00000080
 IN_Q_OVERFLOW = 0x00004000
 IN_IGNORED = 0x00008000
 IN_ONLYDIR = 0x01000000
-IN_ISDIR = 0x40000000
 _EVENT = struct.Struct("iIII")
 #: Processes that are not the pod's application: the sandbox's (the pause image, every runtime) and
 #: CRI-O's container monitor (in ``crio-conmon-<id>.scope`` inside the pod's slice). Never killed.
@@ -74,9 +73,6 @@ class Inotify:
             log.warning("inotify unavailable (%s): new pod and container cgroups are found by scanning on "
                         "each sample instead", exc)
             return None
-
-    def fileno(self) -> int:
-        return self.fd
 
     def watch(self, path: Path) -> int:
         """Watch ``path`` for child directories; returns the watch descriptor. Raises OSError."""
