@@ -58,9 +58,11 @@ def test_controller_killed_between_eviction_and_event(fault_cluster: Cluster, fa
                                 tmp_path / "first.log", env)
         tap.trigger = f"POST /api/v1/namespaces/{fault_ns}/pods/over/eviction".encode()
         tap.on_answer = lambda: first.signal(signal.SIGKILL)
+        # The pods run before the controller starts: started first, it may evict ``over`` (no
+        # ``for``) before the kubelet reports it Ready, and the wait below would never see it run.
+        uids = create_running(admin, fault_ns, [breaching("over"), healthy("under")])
         first.start()
         try:
-            uids = create_running(admin, fault_ns, [breaching("over"), healthy("under")])
             wait_for("the eviction to be answered, and the controller killed", tap.fired.is_set, 90)
             killed = time.time()
             assert first.proc is not None

@@ -20,6 +20,7 @@ from memwatch.clock import SkewedClock
 from memwatch.controller import Controller
 
 from .faultkit import (
+    LIMIT,
     FaultReport,
     MemwatchProcess,
     breaching,
@@ -119,7 +120,12 @@ def test_leader_frozen_past_its_lease(fault_cluster: Cluster, fault_ns: str, tmp
         procs["second"].start()
         time.sleep(5)
         assert procs["second"].proc is not None and procs["second"].proc.poll() is None, procs["second"].log()
-        uids = create_running(admin, fault_ns, [breaching("over", **{"memwatch.io/for": "8s"}), healthy("under")])
+        # ``over`` runs under a limit it never reaches, then has it lowered: the breach begins at the
+        # annotation, not whenever the kubelet's stats and its Ready status happen to arrive.
+        uids = create_running(admin, fault_ns, [breaching("over", **{"memwatch.io/for": "8s",
+                                                                      "memwatch.io/limit": "300Mi"}),
+                                                healthy("under")])
+        admin.annotate(fault_ns, "over", {"memwatch.io/limit": LIMIT})
         time.sleep(3)  # the leader has sampled the breach and is timing its 8 s
         procs["first"].signal(signal.SIGSTOP)
         frozen = time.time()
