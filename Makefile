@@ -101,6 +101,14 @@ demo: install ## Bring up a cluster (kind if Docker runs, else local), install m
 bench: install ## Benchmarks: print the figures table and write bench/results/<date>.md.
 	$(PY) bench/run.py
 
+.PHONY: bench-node-guard
+bench-node-guard: install ## The node guard against the kubelet's own eviction: a local cluster with a 1 GiB kubepods, 120 races (~30 min), then down.
+	@if bash $(CLUSTER) status >/dev/null 2>&1; then \
+		echo "bench-node-guard: a local cluster is up; it needs its own (node allocatable enforced on pods): make cluster-down first" >&2; exit 1; fi
+	MEMWATCH_CLUSTER_PODS_MEMORY=1024 bash $(CLUSTER) up
+	bash $(CLUSTER) images
+	set -o pipefail; rc=0; $(PY) bench/run.py --only node-guard || rc=$$?; bash $(CLUSTER) down; exit $$rc
+
 .PHONY: clean
 clean: ## Remove the virtualenv and caches in the repo (not the Kubernetes build cache).
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis build dist controller/*.egg-info

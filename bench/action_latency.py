@@ -21,8 +21,6 @@ period).
 
 from __future__ import annotations
 
-import contextlib
-import json
 import math
 import sys
 import threading
@@ -47,6 +45,7 @@ from common import (
     ms,
     pct,
     ratio,
+    watch_pods,
 )
 
 NAME = "action-latency"
@@ -83,23 +82,7 @@ class PodEvents:
         threading.Thread(target=self._run, daemon=True).start()
 
     def _run(self) -> None:
-        while not self._stop.is_set():
-            with contextlib.suppress(Exception):
-                rv = self.api.get(f"/api/v1/namespaces/{self.namespace}/pods")["metadata"]["resourceVersion"]
-                url = (f"{self.api.host}/api/v1/namespaces/{self.namespace}/pods?watch=true"
-                       f"&resourceVersion={rv}&timeoutSeconds=600")
-                resp = self.api.pool.request("GET", url, headers={"Accept": "application/json", **self.api.auth},
-                                             preload_content=False, retries=False, timeout=None)
-                buf = b""
-                for chunk in resp.stream(4096):
-                    buf += chunk
-                    while b"\n" in buf:
-                        line, buf = buf.split(b"\n", 1)
-                        if line.strip():
-                            self._event(json.loads(line), time.time())
-                    if self._stop.is_set():
-                        break
-                resp.release_conn()
+        watch_pods(self.api, self.namespace, self._event, self._stop)
 
     def _event(self, ev: dict[str, Any], t: float) -> None:
         pod = ev.get("object") or {}

@@ -191,6 +191,30 @@ class Api:
                 return n
 
 
+def watch_pods(api: Api, namespace: str, on_event: Callable[[dict[str, Any], float], None],
+               stop: threading.Event) -> None:
+    """Stream a namespace's pod watch events to ``on_event(event, arrival)`` until ``stop`` is set
+    (LIST for a resourceVersion, then WATCH; again after any error or a closed stream)."""
+    while not stop.is_set():
+        with contextlib.suppress(Exception):
+            rv = api.get(f"/api/v1/namespaces/{namespace}/pods")["metadata"]["resourceVersion"]
+            url = (f"{api.host}/api/v1/namespaces/{namespace}/pods?watch=true"
+                   f"&resourceVersion={rv}&timeoutSeconds=600")
+            resp = api.pool.request("GET", url, headers={"Accept": "application/json", **api.auth},
+                                    preload_content=False, retries=False, timeout=None)
+            buf = b""
+            for chunk in resp.stream(4096):
+                buf += chunk
+                while b"\n" in buf:
+                    line, buf = buf.split(b"\n", 1)
+                    if line.strip():
+                        on_event(json.loads(line), time.time())
+                if stop.is_set():
+                    break
+            resp.release_conn()
+        stop.wait(0.2)
+
+
 def cluster_epoch() -> tuple[float, str]:
     """Changes when the shared local cluster is re-created (others bring it down and up): a
     measurement that spans a change is worth nothing."""

@@ -37,8 +37,9 @@ BENCHMARKS: list[tuple[str, str, list[str]]] = [
     ("controller-scale", "controller_scale", ["3. controller memory and start-up", "4. sweep and controller CPU"]),
     ("api-requests", "api_requests", ["2. API requests per sweep"]),
     ("action-latency", "action_latency", ["6. action latency"]),
+    ("node-guard", "node_guard_cluster", ["7. node guard vs kubelet eviction"]),
 ]
-ORDER = ["1.", "2.", "3.", "4.", "5.", "6."]
+ORDER = ["1.", "2.", "3.", "4.", "5.", "6.", "7."]
 
 
 def _run_one(name: str, module: str, fallback: list[str], ctx: Context) -> list[Row]:

@@ -674,7 +674,9 @@ pods_allocatable() {
         "# MEMWATCH_CLUSTER_PODS_MEMORY=$pods: kubepods gets a ${pods} MiB hard limit." \
         'enforceNodeAllocatable: ["pods"]' \
         "systemReserved: {memory: \"${system}Mi\"}" \
-        "kubeReserved: {memory: \"$((total - pods - system))Mi\"}"
+        "kubeReserved: {memory: \"$((total - pods - system))Mi\"}" \
+        '# MemoryPressure clears 5 s after the last eviction, not 5 min: races follow each other.' \
+        'evictionPressureTransitionPeriod: 5s'
 }
 
 # shellcheck disable=SC2034 # CGROUP_DRIVER is read by render, through ${!var}
