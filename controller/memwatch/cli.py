@@ -60,11 +60,24 @@ def _parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
 PROBE_LOGGERS = ("aiohttp.access", "kopf.activities.probe")
 
 
-def _logging(verbose: bool) -> None:
+def _logging(verbose: bool, log_format: str = "text") -> None:
+    """Configure the process's logging: kopf's one-line text (the default), or JSON lines
+    (``--log-format json``, :mod:`memwatch.logformat`) for every logger, kopf's own included."""
     import kopf
 
+    from memwatch import logformat
+
+    if log_format not in logformat.LOG_FORMATS:
+        raise ValueError(f"unknown log format {log_format!r}: choose from {', '.join(logformat.LOG_FORMATS)}")
+    root = logging.getLogger()
+    logformat.drop_json(root)
+    before = set(root.handlers)
+    # kopf.configure sets the root level and quiets asyncio, in both formats; it also installs its
+    # stderr text handler, which JSON mode replaces (kopf.run does not configure logging again).
     kopf.configure(verbose=verbose, log_format=kopf.LogFormat.PLAIN if os.environ.get("MEMWATCH_PLAIN_LOGS")
                    else kopf.LogFormat.FULL)
+    if log_format == logformat.JSON:
+        logformat.use_json(root, replace=[h for h in root.handlers if h not in before])
     logging.getLogger("memwatch").setLevel(logging.DEBUG if verbose else logging.INFO)
     logging.getLogger("urllib3").setLevel(logging.WARNING)
     for name in PROBE_LOGGERS:
@@ -114,7 +127,7 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
         settings = Settings.from_args(args, env)
     except ValueError as exc:
         parser.error(str(exc))
-    _logging(settings.verbose)
+    _logging(settings.verbose, settings.log_format)
     log = logging.getLogger("memwatch")
     try:
         if args.command == "run":

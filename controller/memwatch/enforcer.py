@@ -129,7 +129,7 @@ class Enforcer:
         if capped:
             line = self._line("rate-limited", record, trigger, None, capped)
             if self.recorder.already(record.uid, [REASON_CAPPED]):
-                log.warning(line.format())  # every hold is logged; the Event is posted once per pod
+                line.log(log, warning=True)  # every hold is logged; the Event is posted once per pod
             else:
                 self.recorder.action(line, REASON_CAPPED, warning=True)
             return Outcome("rate-limited")
@@ -221,7 +221,7 @@ class Enforcer:
         detail = f"{verb} failed: {_short(res.message)}"
         line = self._line("failed", record, trigger, None, detail)
         if self.recorder.already(record.uid, [REASON_FAILED + ":" + detail[:80]]):
-            log.warning(line.format())
+            line.log(log, warning=True)
         else:
             # One Event per pod and kind of failure: a later, different failure is posted too.
             self.recorder.remember(record.uid, REASON_FAILED + ":" + detail[:80])

@@ -47,6 +47,7 @@ from prometheus_client import Counter, Gauge
 from memwatch.enforcer import RateCaps
 from memwatch.kill import kill_pod
 from memwatch.kube import WriteResult
+from memwatch.logformat import ActionFields, log_action
 from memwatch.nodesignals import NodeSignalReader, NodeSignals, pod_working_set
 from memwatch.observability import COMPONENT
 from memwatch.podindex import PodRecord
@@ -365,6 +366,19 @@ class Pending:
     in_flight: bool = False
 
 
+def guard_fields(action: str, node: str, p: Pending, detail: str) -> ActionFields:
+    """The node guard's action line: the node's numbers, the rule, the victim. Its ``level`` (soft or
+    hard) is ``guard_level`` in JSON, where ``level`` is the record's log level."""
+    s = p.signals
+    return (ActionFields().add("action", action).add("reason", "node-pressure").add("node", node)
+            .add("available", format_bytes(s.available)).add("kubepods_usage", format_bytes(s.kubepods_usage))
+            .add("psi_full_avg10", _pct(s.psi_full_avg10)).add("rule", p.rule).add("pod", p.pod.key)
+            .add("level", p.level.name.lower(), json_name="guard_level")
+            .add("mem_available", format_bytes(s.mem_available)).add("kubepods_limit", format_bytes(s.kubepods_limit))
+            .add("pod_usage", format_bytes(p.usage)).add("priority", p.pod.priority).add("qos", p.pod.qos)
+            .add("uid", p.pod.uid).add("why", p.why, quoted=True).add("detail", detail, quoted=True))
+
+
 def node_event(node: str, reason: str, message: str, warning: bool, host: str = "") -> dict[str, Any]:
     """A core/v1 Event on the Node (cluster-scoped: the Event lives in ``default``, as the kubelet's do)."""
     now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -549,8 +563,10 @@ class NodeGuard:
             return
         capped = self.caps.check(pod.namespace)
         if capped:
-            self._once(f"capped:{pod.uid}", "%s", self._line("rate-limited", Pending(
-                pod, choice.rule, rung, level, why, sig, choice.victim.usage, now, path), capped))
+            if f"capped:{pod.uid}" not in self._said:  # said once per pod, as _once does
+                self._said.add(f"capped:{pod.uid}")
+                log_action(log, guard_fields("rate-limited", self.node, Pending(
+                    pod, choice.rule, rung, level, why, sig, choice.victim.usage, now, path), capped), warning=True)
             return
         self.caps.take(pod.namespace)
         pending = self.pending = Pending(pod, choice.rule, rung, level, why, sig, choice.victim.usage, now, path)
@@ -662,18 +678,9 @@ class NodeGuard:
             self.pending = None
 
     # -- output ---------------------------------------------------------------------------------------
-    def _line(self, action: str, p: Pending, detail: str) -> str:
-        s = p.signals
-        return (f"action={action} reason=node-pressure node={self.node} available={format_bytes(s.available)} "
-                f"kubepods_usage={format_bytes(s.kubepods_usage)} psi_full_avg10={_pct(s.psi_full_avg10)} "
-                f"rule={p.rule} pod={p.pod.key} level={p.level.name.lower()} "
-                f"mem_available={format_bytes(s.mem_available)} kubepods_limit={format_bytes(s.kubepods_limit)} "
-                f"pod_usage={format_bytes(p.usage)} priority={p.pod.priority} qos={p.pod.qos} uid={p.pod.uid} "
-                f"why={p.why!r} detail={detail!r}")
-
     def _report(self, action: str, p: Pending, detail: str, warning: bool = True) -> None:
         """One log line now; the pod's and the Node's Events from the worker thread."""
-        log.warning(self._line(action, p, detail)) if warning else log.info(self._line(action, p, detail))
+        log_action(log, guard_fields(action, self.node, p, detail), warning)
         self.c_actions.labels(action, p.rule).inc()
         self.agent.metrics.actions.labels(action, "node-guard").inc()
         head = {"evicted": "Evicted", "deleted": "Deleted (grace 0)", "killed": "Killed in place",

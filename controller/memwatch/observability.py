@@ -1,6 +1,7 @@
 """Observability: the kill log line, Events on the pod, and Prometheus metrics.
 
-One structured log line per decision that acts (``kubectl logs deploy/memwatch | grep action=``),
+One structured log line per decision that acts (``kubectl logs deploy/memwatch | grep action=``; its
+fields are formatted, as text or JSON, by :mod:`memwatch.logformat`),
 one Event on the pod for every action and every refusal, and metrics on ``--metrics-port``.
 """
 
@@ -18,6 +19,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 from memwatch.kube import Kube
+from memwatch.logformat import ActionFields, log_action
 from memwatch.podindex import PodRecord
 from memwatch.quantity import format_bytes, format_duration, parse_time
 
@@ -99,24 +101,34 @@ class ActionLine:
     acted_at: float | None = None  # epoch: write completed
     detail: str = ""
 
-    def format(self) -> str:
+    def fields(self) -> ActionFields:
+        """The line's fields (:mod:`memwatch.logformat` renders them as text or as JSON keys)."""
         r = self.record
-        fields = [f"action={self.result}", f"pod={r.key}", f"node={r.node or '-'}"]
+        f = ActionFields().add("action", self.result).add("pod", r.key).add("node", r.node or "-")
         if self.usage is not None:
-            fields += [f"usage={format_bytes(self.usage)}", f"limit={format_bytes(self.limit)}", f"scope={self.scope}"]
+            f.add("usage", format_bytes(self.usage)).add("limit", format_bytes(self.limit)).add("scope", self.scope)
         if self.source:
-            fields.append(f"source={self.source}")
+            f.add("source", self.source)
         if self.sample_age is not None:
-            fields.append(f"sample_age={format_duration(self.sample_age)}")
+            f.add("sample_age", format_duration(self.sample_age))
         if self.latency is not None:
-            fields.append(f"latency={format_duration(self.latency)}")
+            f.add("latency", format_duration(self.latency))
         for name, ts in (("crossed_at", self.crossed_at), ("detected_at", self.detected_at),
                          ("acted_at", self.acted_at)):
             if ts is not None:
-                fields.append(f"{name}={_iso(ts)}")
-        fields.append(f"uid={r.uid}")
-        line = " ".join(fields)
-        return f"{line} detail={self.detail!r}" if self.detail else line
+                f.add(name, _iso(ts))
+        f.add("uid", r.uid)
+        if self.detail:
+            f.add("detail", self.detail, quoted=True)
+        return f
+
+    def format(self) -> str:
+        """The text form: ``action=evicted pod=ns/name node=... uid=...``."""
+        return self.fields().text()
+
+    def log(self, logger: logging.Logger, warning: bool = False) -> None:
+        """Log the line (text or JSON, as configured)."""
+        log_action(logger, self.fields(), warning, stacklevel=2)  # the record names our caller
 
 
 def _iso(ts: float) -> str:
@@ -185,7 +197,7 @@ class Recorder:
         """Log the line, count it, and post the Event (once per pod and reason if ``once``)."""
         if once and self.already(line.record.uid, [reason]):
             return
-        (log.warning if warning else log.info)(line.format())
+        line.log(log, warning)
         self.metrics.actions.labels(line.result, line.source or "-").inc()
         message = event_message(line)
         self.event(line.record, reason, message, warning)
@@ -205,8 +217,9 @@ class Recorder:
         if self.already(record.uid, [REASON_INVALID]):
             return
         problems = "; ".join(str(p) for p in record.problems)
-        log.warning("action=ignored pod=%s reason=%s problems=%r (memwatch will not act on this pod)",
-                    record.key, REASON_INVALID, problems)
+        log_action(log, ActionFields(note="(memwatch will not act on this pod)").add("action", "ignored")
+                   .add("pod", record.key).add("reason", REASON_INVALID).add("problems", problems, quoted=True),
+                   warning=True)
         self.metrics.actions.labels("invalid", "-").inc()
         self.event(record, REASON_INVALID, f"memwatch will not act on this pod: {problems}"[:1024], True)
         self.remember(record.uid, REASON_INVALID)

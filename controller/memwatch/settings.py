@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from memwatch.logformat import LOG_FORMATS
 from memwatch.nodeguard import GuardConfig, Line, Mode
 from memwatch.policy import MAX_GRACE_SECONDS, Action, Defaults
 from memwatch.protections import SYSTEM_CLUSTER_CRITICAL, LabelSelector, Protections, SelectorError
@@ -187,6 +188,9 @@ COMMON: tuple[Option, ...] = (
     Option("--liveness", "kopf liveness endpoint URL ('' disables)", default="http://0.0.0.0:8080/healthz",
            metavar="URL"),
     Option("--verbose", "debug logging", boolean=True),
+    Option("--log-format", "log output: 'text' (one line per record, action lines as key=value) or 'json' "
+           "(one JSON object per line, action fields as keys, for log pipelines)", choices=LOG_FORMATS,
+           default="text"),
 )
 
 RUN: tuple[Option, ...] = (
@@ -322,6 +326,7 @@ class Settings:
     liveness: str
     verbose: bool
     max_sample_age: float
+    log_format: str = "text"  # text or json (memwatch.logformat)
     # controller
     source: str = "auto"
     interval: float = 5.0
@@ -402,6 +407,7 @@ class Settings:
             liveness=args.liveness,
             verbose=args.verbose,
             max_sample_age=args.max_sample_age,
+            log_format=args.log_format,
             pod_name=pod_name,
             pod_namespace=pod_namespace,
             **extra,

@@ -21,7 +21,7 @@ from .support import Memwatch
 ROOT = Path(__file__).resolve().parents[2]
 
 #: Environment names a suite may read besides its own MEMWATCH_*: standard ones with one meaning.
-STANDARD_NAMES = {"KUBECONFIG", "HOME", "XDG_CACHE_HOME", "HYPOTHESIS_PROFILE"}
+STANDARD_NAMES = {"KUBECONFIG", "HOME", "XDG_CACHE_HOME", "HYPOTHESIS_PROFILE", "PATH"}
 
 
 def _environment_reads(path: Path) -> list[tuple[int, str]]:

@@ -282,6 +282,9 @@ Flags shared by `memwatch run` and `memwatch agent`, one list item each.
 {{- if .Values.verbose }}
 - --verbose
 {{- end }}
+{{- if ne .Values.logFormat "text" }}
+- {{ printf "--log-format=%s" .Values.logFormat | quote }}
+{{- end }}
 {{- end }}
 
 {{/*
