@@ -85,6 +85,10 @@ PREDICT_WINDOW = 4
 #: Starting guesses for how long an action takes, refined by measurement (an EWMA).
 INITIAL_ACTION_SECONDS = {"kill": 0.005, "evict": 0.05}
 SELF_CHECK_SECONDS = 1.0
+#: A quiet pod under the kernel's guard is read at least every MAX_STRIDE sample periods (1 s at 100 ms).
+MAX_STRIDE = 10
+#: Growth assumed for a pod that shows none, when judging how far it is from its lowest threshold.
+GROWTH_FLOOR = 1 << 20  # bytes per second
 
 
 @dataclass(slots=True)
@@ -97,6 +101,7 @@ class PodState:
     evicting_since: float | None = None  # mono: first API action submitted, for --kill-after
     killed: dict[str, tuple[float, str]] = field(default_factory=dict)  # container -> (mono, its CRI id)
     refused: bool = False
+    next_sample: float = 0.0  # mono: a quiet pod under the kernel's guard is not read again before it
 
 
 def agent_enforcer_settings(settings: Settings) -> EnforcerSettings:
@@ -213,6 +218,8 @@ class Agent:
         self.action_seconds = dict(INITIAL_ACTION_SECONDS)
         self.timings: deque[ActionTiming] = deque(maxlen=1000)
         self.ticks = 0
+        self.skipped = 0  # pod samples left to the kernel's guard (adaptive sampling)
+        self._full_tick = True  # the next tick reads every pod (the kernel woke us)
         self.last_tick = 0.0
         self.heartbeat = time.monotonic()
         self.rss = 0
@@ -281,7 +288,14 @@ class Agent:
         uids = {r.uid for r in live}
         missing: list[PodRecord] = []
         sampled = 0
+        if not self._full_tick and self._poll is not None:
+            self.wait(0)  # a threshold crossed since the last wait (tick() called on its own) reads all
+        full, self._full_tick = self._full_tick, False
+        now = time.monotonic()
         for rec in live:
+            if not full and self._guarded(rec, now):
+                self.skipped += 1
+                continue
             usage = self.source.sample(rec)
             if usage is None:
                 lives.interrupt(rec.uid)
@@ -289,6 +303,7 @@ class Agent:
                     missing.append(rec)
                 continue
             self._evaluate(rec, usage)
+            self._schedule(rec, now)
             sampled += 1
         if missing:  # cgroups unreadable: psutil's RSS, at its own slower cadence
             for rec in missing:
@@ -308,6 +323,42 @@ class Agent:
         self.last_tick = time.perf_counter() - t0
         self._tick_hist.observe(self.last_tick)
         return sampled
+
+    # -- adaptive sampling ----------------------------------------------------------------------------
+    def _guarded(self, rec: PodRecord, now: float) -> bool:
+        """Whether this sample of the pod can be left to the kernel: it is quiet (under every limit,
+        nothing in flight, its current policy's thresholds registered) and not due yet, and every
+        cgroup read for it has a v1 threshold notification armed below its lowest line that usage
+        has not reached. A crossing then wakes the agent at once, and that sample reads every pod."""
+        st = self.states.get(rec.uid)
+        if st is None or now >= st.next_sample or st.policy is not rec.policy or self._events_dirty:
+            return False
+        if rec.terminating or rec.uid in self.worker.busy or st.evicting_since is not None or st.killed:
+            return False
+        life = self.lifecycle.peek(rec.uid)
+        if life is not None and life.phase is not Phase.IDLE:
+            return False
+        return self.source.guarded_room(rec.uid) is not None
+
+    def _schedule(self, rec: PodRecord, now: float) -> None:
+        """When a quiet, guarded pod is read next: sooner the faster it grows towards its lowest
+        threshold (at least GROWTH_FLOOR assumed), at most MAX_STRIDE sample periods away."""
+        st = self.states.get(rec.uid)
+        if st is None:
+            return
+        period = self.settings.sample_period
+        room = self.source.guarded_room(rec.uid) if self._events_ok else None
+        if room is None:
+            st.next_sample = 0.0
+            return
+        growth = 0.0
+        if len(st.history) >= 2:
+            (t0, _, v0), (t1, _, v1) = st.history[0], st.history[-1]
+            if t1 > t0:
+                growth = (v1 - v0) / (t1 - t0)
+        seconds_to_line = room / max(growth, GROWTH_FLOOR)
+        stride = max(1, min(MAX_STRIDE, int(seconds_to_line / (2 * period))))
+        st.next_sample = now + (stride - 0.5) * period  # due at the tick ``stride`` periods from now
 
     def _announce(self, rec: PodRecord, what: str) -> None:
         """Report an invalid policy or annotation warnings once per pod and content (on the worker),
@@ -620,7 +671,7 @@ class Agent:
 
     def _record(self, line: ActionLine, reason: str, warning: bool = False, once: bool = False) -> None:
         """Log now; post the Event from the worker thread (the API may be slow or unreachable)."""
-        (log.warning if warning else log.info)(line.format())
+        line.log(log, warning)
         self.worker.submit(lambda: self._post(line, reason, warning, once))
 
     def _post(self, line: ActionLine, reason: str, warning: bool, once: bool) -> None:
@@ -706,6 +757,8 @@ class Agent:
         notify = self.source.notify_fd()
         for fd, _ in ready:
             reader = self._poll_fds.get(fd)
+            if reader is not None:
+                self._full_tick = True  # a pod's threshold: the next tick reads the guarded pods too
             if fd == notify:
                 self.source.changed()  # drains it: the pods whose directory changed look again now
                 continue

@@ -295,6 +295,7 @@ class CgroupReader:
         self._since_stat = STAT_EVERY  # first read always reads memory.stat
         self.thresholds: tuple[int, ...] | None = None  # what the kernel was asked to report
         self.events: list[int] = []  # eventfds registered for this cgroup (v1 thresholds)
+        self.last_usage: int | None = None  # raw usage at the last read (what the thresholds compare)
         self.events_fd: int | None = None  # v2: memory.events, polled for POLLPRI
         self.opened_at = time.monotonic()  # when the agent first held this cgroup (for the arming figures)
         self._usage_fd = self._open(hierarchy.usage_file)
@@ -338,7 +339,7 @@ class CgroupReader:
     def read(self, fresh: bool = False) -> Sample:
         """The working set now. Raises :class:`Vanished` or :class:`Unreadable`."""
         now = self.clock()
-        usage = self.usage()
+        usage = self.last_usage = self.usage()
         self._since_stat += 1
         estimate = working_set(usage, self._inactive)
         gate = self.gate_bytes
@@ -378,8 +379,13 @@ class CgroupReader:
             for threshold in wanted:
                 efd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
                 self.events.append(efd)
-                with open(control, "w") as f:
-                    f.write(f"{efd} {self._usage_fd} {threshold}")
+                # Never O_CREAT: a plain file made where the kernel's control file should be would
+                # take the registration and never fire (and the agent would count on it).
+                fd = os.open(control, os.O_WRONLY | os.O_CLOEXEC)
+                try:
+                    os.write(fd, f"{efd} {self._usage_fd} {threshold}".encode())
+                finally:
+                    os.close(fd)
         except OSError as exc:
             self.unwatch()
             if exc.errno in GONE:
@@ -398,6 +404,16 @@ class CgroupReader:
             with contextlib.suppress(OSError):
                 os.close(self.events_fd)
             self.events_fd = None
+
+    def guarded_room(self) -> int | None:
+        """Bytes of raw usage left below the lowest kernel threshold registered on this cgroup, when
+        the kernel will say the moment usage crosses it; None when it will not (no v1 eventfd
+        registered, cgroup v2, or usage already at or past it: a threshold fires on a crossing only,
+        and the working set may still grow under a usage that is past one because of page cache)."""
+        if not self.events or not self.thresholds or self.last_usage is None:
+            return None
+        room = self.thresholds[0] - self.last_usage
+        return room if room > 0 else None
 
     def close(self) -> None:
         """Close every descriptor of this cgroup. Idempotent: a second call closes nothing (the numbers
@@ -838,12 +854,33 @@ class CgroupSource:
         if entry.pod is not None and not containers:
             s = entry.pod.read(fresh)
             pod_bytes, stamp = s.working_set, s.timestamp
+        elif entry.pod is not None and entry.pod.events:
+            entry.pod.last_usage = entry.pod.usage()  # what its thresholds compare: see guarded_room
         if not entry.containers and entry.pod is None:
             del self.pods[record.uid]  # every container vanished: nothing open, look again next time
         if stamp is None:
             return None
         self.problems.pop(record.uid, None)
         return Usage(containers, stamp, self.name, pod_bytes)
+
+    def guarded_room(self, uid: str) -> int | None:
+        """Bytes the pod may still grow before the kernel wakes the agent, at the last sample: the
+        least room under the lowest threshold of every cgroup read for it (its containers', and its
+        own, which guards pod-level lines); None when any of them is unguarded (see
+        :meth:`CgroupReader.guarded_room`) or nothing is open. A pod with room may be sampled less
+        often: between its samples, the kernel's notification stands guard."""
+        entry = self.pods.get(uid)
+        if entry is None or (not entry.containers and entry.pod is None):
+            return None
+        least: int | None = None
+        for reader in entry.readers():
+            if reader is entry.pod and entry.containers and not reader.thresholds:
+                continue  # only read as a fallback; its containers are the ones read and guarded
+            room = reader.guarded_room()
+            if room is None:
+                return None
+            least = room if least is None else min(least, room)
+        return least
 
     def _problem(self, record: PodRecord, message: str) -> None:
         if self.problems.get(record.uid) != message:

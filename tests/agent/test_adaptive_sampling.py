@@ -1,0 +1,148 @@
+"""Adaptive sampling on real cgroup v1 memory cgroups: a quiet pod far below its lines is read less
+often while the kernel's threshold notification stands guard, and a crossing between two of its
+samples is still acted on at once, judged by the kernel (root only; skips loudly otherwise).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import itertools
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+from memwatch.agent import MAX_STRIDE, Agent
+from memwatch.cgroups import CgroupSource, Hierarchy
+from memwatch.lifecycle import Phase
+
+from .helpers import UID_B, ApiDouble, make_pod, make_settings
+
+BENCH = Path(__file__).resolve().parents[2] / "bench" / "oom_race.py"
+MiB = 1 << 20
+UID = "5a0e3d1c-0000-4000-8000-00000000ad01"
+
+
+def _bench() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("memwatch_bench_oom_race_adaptive", BENCH)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+oom_race = _bench()
+WHY = oom_race.cgroup_v1_unavailable()
+pytestmark = [pytest.mark.cgroup,
+              pytest.mark.skipif(WHY is not None, reason=f"SKIPPED LOUDLY: no real memory cgroups here: {WHY}")]
+
+
+def _pod(limit: str = "48Mi") -> dict[str, Any]:
+    return {"metadata": {"uid": UID, "name": "quiet", "namespace": "default",
+                         "annotations": {"memwatch.io/limit": limit, "memwatch.io/action": "evict"}},
+            "spec": {"nodeName": "node-a", "containers": [{"name": "c", "resources": {"limits": {"memory": "128Mi"}}}]},
+            "status": {"phase": "Running", "containerStatuses": [{"name": "c", "containerID": "containerd://ab"}]}}
+
+
+@pytest.fixture(scope="module")
+def hog() -> Path:
+    path: Path = oom_race.build_hog()
+    return path
+
+
+@pytest.fixture
+def quiet(hog: Path) -> Iterator[tuple[Agent, Any, ApiDouble]]:
+    """A real cgroup (hard limit 128 MiB) holding a process with 16 MiB; the agent watches it at 48Mi."""
+    cg = oom_race.MemCgroup(128 * MiB, prefix="memwatch-adaptive")
+    procs = [cg.spawn([str(hog), "--sleep", "--start", "16"])]
+    try:
+        deadline = time.monotonic() + 10
+        while int((cg.path / "memory.usage_in_bytes").read_text()) < 12 * MiB:
+            assert time.monotonic() < deadline, "the holder never allocated its 16 MiB"
+            time.sleep(0.02)
+        kube = ApiDouble()
+        source = CgroupSource(Hierarchy(1, oom_race.V1_MEMORY), locate=lambda rec: (None, {"c": cg.path}))
+        agent = Agent(make_settings(sample_period=0.1, node_name="node-a"), kube=kube,  # type: ignore[arg-type]
+                      source=source, watch=False)
+        agent.index.upsert(_pod())
+        yield agent, cg, kube
+    finally:
+        for p in procs:
+            p.kill()
+        cg.close()
+
+
+def _ticks(agent: Agent, n: int, period: float = 0.1) -> list[int]:
+    """``n`` ticks a period apart; how many pods each one read."""
+    out = []
+    for _ in range(n):
+        out.append(agent.tick())
+        time.sleep(period)
+    return out
+
+
+def test_a_quiet_pod_under_the_kernels_guard_is_read_every_stride_not_every_sample(
+        quiet: tuple[Agent, Any, ApiDouble]) -> None:
+    agent, _, _ = quiet
+    sampled = _ticks(agent, 3 * MAX_STRIDE + 2)
+    reader = agent.source.pods[UID].containers["c"]
+    assert reader.thresholds and reader.events, "the 48Mi threshold is registered with the kernel"
+    assert agent.source.guarded_room(UID) is not None
+    reads = sum(sampled)
+    assert agent.skipped > 0 and reads <= len(sampled) // 2, (sampled, agent.skipped)
+    positions = [k for k, n in enumerate(sampled) if n]
+    gaps = [b - a for a, b in itertools.pairwise(positions)]
+    assert gaps and max(gaps) <= MAX_STRIDE, f"read at ticks {positions}: never more than {MAX_STRIDE} apart"
+
+
+def test_a_crossing_between_two_samples_is_acted_on_at_the_very_next_tick(
+        quiet: tuple[Agent, Any, ApiDouble], hog: Path) -> None:
+    agent, cg, kube = quiet
+    _ticks(agent, 4)
+    st = agent.states[UID]
+    assert st.next_sample > time.monotonic() + 0.3, "the quiet pod is not due for a while"
+    grower = cg.spawn([str(hog), "--rate", "400", "--max", "48", "--hold"])
+    try:
+        deadline = time.monotonic() + 5
+        while int((cg.path / "memory.usage_in_bytes").read_text()) < 64 * MiB:
+            assert time.monotonic() < deadline, "the grower never took the pod past 48Mi"
+            time.sleep(0.005)
+        assert time.monotonic() < st.next_sample, "the crossing came before the pod's next sample was due"
+        agent.tick()  # one tick: the kernel's eventfd says a threshold was crossed, so this one reads it
+        life = agent.lifecycle.peek(UID)
+        assert life is not None and life.phase is not Phase.IDLE, life
+        agent.worker.run_pending(block=2.0)
+        assert kube.evictions == [("default", "quiet", UID)], kube.evictions
+    finally:
+        grower.kill()
+        grower.wait()
+    assert cg.oom_kills() == 0
+
+
+def test_usage_past_a_threshold_is_never_guarded(quiet: tuple[Agent, Any, ApiDouble]) -> None:
+    """A threshold fires on a crossing only: once raw usage (page cache included) is past it, the
+    working set may still grow to it without a word from the kernel, so the pod is read every sample."""
+    agent, _, _ = quiet
+    agent.index.upsert(_pod(limit="8Mi"))  # below what the holder already uses: the kernel will never cross it
+    sampled = _ticks(agent, 2 * MAX_STRIDE)
+    assert agent.source.pods[UID].containers["c"].thresholds == (8 * MiB,)
+    assert agent.source.guarded_room(UID) is None
+    assert sampled[2:] == [1] * (len(sampled) - 2), sampled
+
+
+@pytest.mark.parametrize("tree_name", ["v1_tree", "v2_tree"])
+def test_without_kernel_threshold_notifications_every_pod_is_read_every_sample(
+        tree_name: str, request: pytest.FixtureRequest) -> None:
+    """A v1 fixture tree has no working cgroup.event_control, and v2 has no usage thresholds (only
+    memory.high/max events): nothing stands guard, so nothing is skipped."""
+    tree: Path = request.getfixturevalue(tree_name)
+    agent = Agent(make_settings(tree, sample_period=0.1, node_name="node1"), kube=None,
+                  source=CgroupSource(Hierarchy.detect(tree)), watch=False)
+    agent.index.upsert(make_pod(annotations={"memwatch.io/limit": "380Mi"}))
+    assert _ticks(agent, MAX_STRIDE + 2, period=0.0) == [1] * (MAX_STRIDE + 2)
+    assert agent.skipped == 0 and agent.source.guarded_room(UID_B) is None
