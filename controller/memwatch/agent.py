@@ -865,6 +865,7 @@ class Agent:
             "rss_bytes": self.rss,
             "over_memory_ceiling": self.over_ceiling,
             "kernel_notifications": self._events_ok,
+            "pod_reads_left_to_the_kernel": self.skipped,  # adaptive sampling: guarded quiet pods
             "node_guard": None if self.guard is None else self.guard.status(),
         }
 
