@@ -376,15 +376,17 @@ def race(api: Api, ends: Ends, kernel: KernelLog, mode: str, pods: int, rate: in
         line = KUBELET_LINE if first == "kubelet" else limit * SOFT_PCT // 100
         crossed = sampler.crossed(limit, line)
         latency = None if crossed is None else t - crossed
-    _settle(limit)
+    _settle()
     return Race(mode, pods, rate, oom, {n: who for n, (who, _) in ended.items()}, latency, first, ballast_hit)
 
 
-def _settle(limit: int, timeout: float = 60.0) -> None:
-    """Wait until kubepods holds less than half its limit again (the hogs' memory is freed)."""
+def _settle(timeout: float = 60.0) -> None:
+    """Wait until kubepods holds no more than the ballast and a little again (the hogs' memory is freed)."""
     deadline = time.time() + timeout
-    while time.time() < deadline and working_set() > limit // 2:
-        time.sleep(0.2)
+    while working_set() > (BALLAST_MIB + 64) * MiB:
+        if time.time() > deadline:
+            raise TimeoutError(f"kubepods still holds {working_set() // MiB} MiB {timeout:.0f}s after a race")
+        time.sleep(0.1)
 
 
 @contextlib.contextmanager
