@@ -435,8 +435,13 @@ def run_races(runs: int, rates: tuple[int, ...], spreads: tuple[int, ...],
                 for i in range(runs):
                     for mode in ("kubelet", "guard"):
                         if mode == "guard":
-                            with guard_agent():
+                            with guard_agent() as agent:
                                 r = race(api, ends, kernel, mode, pods, rate, i)
+                            if not r.preempted:  # what the guard saw and did, for the reader
+                                for t, line in agent.lines:
+                                    if "action=" in line or "node guard:" in line:
+                                        log(f"    agent {time.strftime('%H:%M:%S', time.localtime(t))}"
+                                            f".{int(t * 1000) % 1000:03d} {line[:400]}")
                         else:
                             r = race(api, ends, kernel, mode, pods, rate, i)
                         if not r.valid:
