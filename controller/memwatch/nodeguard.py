@@ -546,7 +546,10 @@ class NodeGuard:
     def _hard_rung(self) -> str:
         return "kill" if self.agent.settings.kill and self.agent.capability.can_kill else "delete"
 
-    def _act(self, choice: Choice, level: Level, why: str, sig: NodeSignals, rung: str | None = None) -> None:
+    def _act(self, choice: Choice, level: Level, why: str, sig: NodeSignals, rung: str | None = None,
+             escalation: bool = False) -> None:
+        """Act on the chosen victim. The per-node cap counts victims: ``escalation`` (the pending
+        victim, taken to the hard rung) was counted when it was chosen, and is not counted again."""
         pod = choice.victim.pod
         rung = rung or (self._hard_rung() if level is Level.HARD else "evict")
         path = self._paths.get(pod.uid)
@@ -561,14 +564,15 @@ class NodeGuard:
                 self.reported.add((pod.uid, rung))
                 self._report("would-" + rung, self.pending, "dry-run (--node-guard=dry-run): nothing was written")
             return
-        capped = self.caps.check(pod.namespace)
+        capped = None if escalation else self.caps.check(pod.namespace)
         if capped:
             if f"capped:{pod.uid}" not in self._said:  # said once per pod, as _once does
                 self._said.add(f"capped:{pod.uid}")
                 log_action(log, guard_fields("rate-limited", self.node, Pending(
                     pod, choice.rule, rung, level, why, sig, choice.victim.usage, now, path), capped), warning=True)
             return
-        self.caps.take(pod.namespace)
+        if not escalation:
+            self.caps.take(pod.namespace)
         pending = self.pending = Pending(pod, choice.rule, rung, level, why, sig, choice.victim.usage, now, path)
         if rung == "kill":
             self._kill(pending)
@@ -668,7 +672,7 @@ class NodeGuard:
             return
         if level is Level.HARD and p.rung in ("evict", "would-evict"):
             self._act(Choice(Candidate(p.pod, p.usage), p.rule, 1), level, why, sig,
-                      rung=self._hard_rung())
+                      rung=self._hard_rung(), escalation=True)
             return
         if now - p.started >= self.cfg.wait:
             if not dry:

@@ -250,6 +250,24 @@ def test_the_guard_has_its_own_cap(tree: Path) -> None:
     assert len(api.evictions) == 1  # capped: one per minute
 
 
+def test_the_cap_counts_victims_not_rungs(tree: Path) -> None:
+    """With a cap of one a minute, the one victim's eviction is still escalated at the hard line:
+    an escalation is the same victim, counted once (on the cluster, four hogs at once spent a cap of
+    five on two evictions and their two kills, and the kernel took the rest)."""
+    set_limit(tree, 40 * MiB)
+    api = Api()
+    agent, clock, _ = guarded(tree, api, cap=1)
+    step(agent, clock)
+    set_limit(tree, 8 * MiB)
+    step(agent, clock)
+    step(agent, clock)
+    assert api.graces == [("evict", "burstable", 5), ("delete", "burstable", 0)]
+    shutil.rmtree(pod_dir(tree, UID_B))  # freed: the next victim is a new one, and the cap is spent
+    for _ in range(3):
+        step(agent, clock)
+    assert [g[1] for g in api.graces] == ["burstable", "burstable"]
+
+
 def test_node_memavailable_alone_triggers(tree: Path) -> None:
     api = Api()
     agent, clock, _ = guarded(tree, api, soft="10%", hard="1%", available=GiB)  # 1Gi of 24Gi: under 10%
