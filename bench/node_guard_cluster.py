@@ -281,7 +281,10 @@ def ensure_ballast(api: Api, ends: Ends, timeout: float = 120.0) -> None:
                 ends.facts.pop(BALLAST, None)
             api.request("POST", f"/api/v1/namespaces/{NS}/pods", ballast())
         elif (pod.get("status") or {}).get("phase") in ("Failed", "Succeeded") or \
-                (pod.get("metadata") or {}).get("deletionTimestamp"):
+                (pod.get("metadata") or {}).get("deletionTimestamp") or \
+                any(c.get("restartCount") for c in (pod.get("status") or {}).get("containerStatuses") or ()):
+            # Ended, or restarted after an OOM kill: a new pod, so that the kubelet's crash-loop back-off
+            # (10 s, 20 s, 40 s, ...) never stretches the races.
             api.request("DELETE", f"/api/v1/namespaces/{NS}/pods/{BALLAST}", {"gracePeriodSeconds": 0}, ok=(404,))
         else:
             statuses = (pod.get("status") or {}).get("containerStatuses") or []

@@ -513,7 +513,8 @@ class NodeGuard:
     def _arm(self, sig: NodeSignals) -> None:
         usage = None
         if sig.kubepods_limit is not None:
-            usage = sig.kubepods_limit - self.cfg.soft.free(sig.kubepods_limit)
+            limit = sig.kubepods_limit
+            usage = tuple(sorted({max(0, limit - line.free(limit)) for line in (self.cfg.soft, self.cfg.hard)}))
         fds = self.reader.arm(usage)
         if fds != self.fds:
             self.fds = fds

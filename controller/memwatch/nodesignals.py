@@ -131,7 +131,7 @@ class NodeSignalReader:
         self._cg_psi_fd: int | None = None
         self._said: set[str] = set()
         self.trigger_fd: int | None = None  # an accepted PSI trigger (POLLPRI)
-        self.armed_usage: int | None = None  # the v1 kubepods threshold registered
+        self.armed_usage: tuple[int, ...] | None = None  # the v1 kubepods thresholds registered
 
     # -- once-per-problem logging ------------------------------------------------------------------
     def _once(self, key: str, message: str, *args: Any) -> None:
@@ -223,18 +223,19 @@ class NodeSignalReader:
         return NodeSignals(now, total, avail, usage, limit, self._node_psi(), cg_psi)
 
     # -- kernel notifications ------------------------------------------------------------------------
-    def arm(self, kubepods_usage: int | None) -> list[tuple[int, int]]:
+    def arm(self, kubepods_usage: tuple[int, ...] | None) -> list[tuple[int, int]]:
         """Register kernel wake-ups; returns ``(fd, poll mask)`` pairs to poll (POLLIN=1, POLLPRI=2).
 
-        ``kubepods_usage``: the kubepods usage at which v1 should wake us (the soft line), or None.
-        A PSI trigger is tried once; refusals are said once and leave sampling alone.
+        ``kubepods_usage``: the kubepods usages at which v1 should wake us (the soft and the hard
+        line: between them a fast leak leaves a few samples at most), or None. A PSI trigger is
+        tried once; refusals are said once and leave sampling alone.
         """
         fds: list[tuple[int, int]] = []
         reader = self.kubepods
-        if reader is not None and self.hierarchy.version == 1 and kubepods_usage is not None:
+        if reader is not None and self.hierarchy.version == 1 and kubepods_usage:
             if self.armed_usage != kubepods_usage and "kubepods-eventfd" not in self._said:
                 try:
-                    reader.watch_thresholds([kubepods_usage])
+                    reader.watch_thresholds(kubepods_usage)
                     self.armed_usage = kubepods_usage
                 except (Vanished, Unreadable) as exc:
                     self._once("kubepods-eventfd", "node guard: no kernel threshold notification on %s (%s); "

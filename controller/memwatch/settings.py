@@ -260,8 +260,9 @@ AGENT: tuple[Option, ...] = (
            type=_non_negative_int, default=5, metavar="SECONDS"),
     Option("--node-guard-wait", "how long the node guard waits for a victim's memory to be freed before it "
            "chooses again", type=_positive_duration, default="30s", metavar="DURATION"),
-    Option("--node-guard-max-per-minute", "this node's cap on node guard victims per minute (an escalation is the same victim; 0: none), separate "
-           "from --node-max-evictions-per-minute", type=_non_negative_int, default=5, metavar="N"),
+    Option("--node-guard-max-per-minute", "this node's cap on node guard victims per minute (an escalation is "
+           "the same victim; 0: none), separate from --node-max-evictions-per-minute", type=_non_negative_int,
+           default=5, metavar="N"),
 )
 
 

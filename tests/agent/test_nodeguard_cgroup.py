@@ -68,3 +68,30 @@ def test_the_hard_line_kills_in_place_with_the_kill_rung(hog: Path) -> None:
 def test_the_judge_sees_the_oom_killer_when_the_guard_is_off(hog: Path) -> None:
     result = node_guard.race(hog, 500, mode=Mode.OFF, seconds=4.0)
     assert result.actions == [] and result.oom_kill and result.oom_kill > 0, result
+
+
+def test_the_kernel_wakes_the_guard_at_the_soft_and_at_the_hard_line() -> None:
+    """Between the soft line (evict) and the hard line (kill in place) a fast leak leaves a sample or
+    two: an eventfd at each line wakes the guard the moment kubepods crosses it, not at the next sample
+    (on the cluster, four hogs at 500 MiB/s were evicted at the soft line and the kernel OOM-killed
+    one before the next sample reached the hard line)."""
+    from memwatch.cgroups import Hierarchy
+    from memwatch.nodeguard import GuardConfig, Line, NodeGuard
+    from memwatch.nodesignals import NodeSignalReader
+
+    with node_guard.node(256) as root:
+        reader = NodeSignalReader(Hierarchy(1, root), psi_trigger=False)
+        try:
+            sig = reader.read()
+            assert sig.kubepods_limit == 256 << 20
+            cfg = GuardConfig(Mode.ON, Line.parse("10%"), Line.parse("5%"), psi_full=None, grace=5, wait=30.0,
+                              max_per_minute=5)
+            guard = NodeGuard.__new__(NodeGuard)
+            guard.cfg, guard.reader, guard.fds, guard.agent = cfg, reader, [], type("A", (), {})()
+            guard._arm(sig)
+            assert reader.kubepods is not None
+            limit = 256 << 20
+            assert reader.kubepods.thresholds == (limit - limit * 10 // 100, limit - limit * 5 // 100)
+            assert len(guard.fds) == 2 and len(reader.kubepods.events) == 2
+        finally:
+            reader.close()
