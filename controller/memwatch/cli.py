@@ -1,4 +1,5 @@
-"""The `memwatch` command: `run` (cluster controller), `agent` (node agent), `lint` (manifests)."""
+"""The `memwatch` command: `run` (cluster controller), `agent` (node agent), `lint` (manifests),
+`status` (where each watched pod stands; also the kubectl plugin `kubectl-memwatch`)."""
 
 from __future__ import annotations
 
@@ -26,11 +27,12 @@ def _lint_arguments(lint: argparse.ArgumentParser) -> argparse.ArgumentParser:
     return lint
 
 
-def _parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
+def _parser(env: Mapping[str, str], prog: str = "memwatch") -> argparse.ArgumentParser:
+    from memwatch import status
     from memwatch.settings import AGENT, COMMON, RUN, add_options
 
     parser = argparse.ArgumentParser(
-        prog="memwatch",
+        prog=prog,
         description="Evict Kubernetes pods that pass their memory-watch limit (memwatch.io/limit), "
                     "before the kernel OOM killer fires.")
     parser.add_argument("--version", action="version", version=f"memwatch {__version__}")
@@ -51,6 +53,8 @@ def _parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     options(agent, [o for o in COMMON])
     options(agent, AGENT)
     _lint_arguments(sub.add_parser("lint", help=LINT_HELP, description=LINT_DESCRIPTION))
+    status.add_arguments(sub.add_parser("status", formatter_class=fmt, help=status.HELP,
+                                        description=status.DESCRIPTION, epilog=status.EPILOG), env)
     return parser
 
 
@@ -107,22 +111,30 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
-def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None, prog: str = "memwatch") -> int:
     words = list(sys.argv[1:] if argv is None else argv)
     if words[:1] == ["lint"]:
         from memwatch import lint
 
-        parser = _lint_arguments(argparse.ArgumentParser(prog="memwatch lint", description=LINT_DESCRIPTION))
+        parser = _lint_arguments(argparse.ArgumentParser(prog=f"{prog} lint", description=LINT_DESCRIPTION))
         return lint.main(parser.parse_args(words[1:]).files)
+    env = os.environ if env is None else env
+    if words[:1] == ["status"]:  # a person's command: its own parser, one-line errors
+        from memwatch import status
+
+        return status.main(words[1:], env, prog=f"{prog} status", formatter_class=_HelpFormatter)
     from memwatch.settings import Settings
 
-    env = os.environ if env is None else env
-    parser = _parser(env)
+    parser = _parser(env, prog)
     args = parser.parse_args(words)
     if args.command == "lint":  # options before the command word
         from memwatch import lint
 
         return lint.main(args.files)
+    if args.command == "status":
+        from memwatch import status
+
+        return status.execute(args, env, prog=f"{prog} status")
     try:
         settings = Settings.from_args(args, env)
     except ValueError as exc:
@@ -144,6 +156,11 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
         log.error("cannot start: %s", exc)
         return 1
     return _serve(settings, engine)
+
+
+def kubectl_main() -> int:
+    """`kubectl-memwatch`, the kubectl plugin: `kubectl memwatch status` runs `memwatch status`."""
+    return main(prog="kubectl memwatch")
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ import collections
 import contextlib
 import json
 import logging
+import os
 import ssl
 import threading
 import warnings
@@ -124,6 +125,52 @@ def load_client(kubeconfig: str | None = None, context: str | None = None) -> k8
     return k8s_client.ApiClient(configuration)
 
 
+#: Where a Pod finds its own namespace (the in-cluster config's ServiceAccount).
+SERVICE_ACCOUNT_NAMESPACE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
+
+
+class ConfigError(ValueError):
+    """No usable client configuration (no kubeconfig, an unreadable one, an unknown context)."""
+
+
+def load_user_client(kubeconfig: str | None = None, context: str | None = None,
+                     env: Mapping[str, str] | None = None) -> tuple[k8s_client.ApiClient, str]:
+    """The client and default namespace of a command a person runs (``memwatch status``), found as
+    kubectl finds them: ``kubeconfig``, else ``$KUBECONFIG`` (a ':'-separated list), else
+    ``~/.kube/config``, else the in-cluster config. The namespace is the context's (``default`` when
+    it names none), or in a pod its ServiceAccount's. Raises :class:`ConfigError` saying what is wrong.
+
+    The controller's :func:`load_client` prefers the in-cluster config instead: it runs in a pod.
+    """
+    env = os.environ if env is None else env
+    path = kubeconfig or env.get("KUBECONFIG") or ""
+    if not path and os.path.exists(os.path.expanduser("~/.kube/config")):
+        path = "~/.kube/config"
+    configuration = k8s_client.Configuration()
+    if path:
+        if not any(os.path.exists(os.path.expanduser(p)) for p in path.split(os.pathsep) if p):
+            raise ConfigError(f"kubeconfig {path}: no such file")
+        try:
+            k8s_config.load_kube_config(config_file=path, context=context, client_configuration=configuration)
+            contexts, current = k8s_config.list_kube_config_contexts(path)
+        except Exception as exc:  # a person's file: whatever is wrong with it is a config error, said in one line
+            raise ConfigError(f"kubeconfig {path}: {' '.join(str(exc).split()) or type(exc).__name__}") from exc
+        if context:
+            current = next((c for c in contexts if isinstance(c, dict) and c.get("name") == context), current)
+        namespace = ((current or {}).get("context") or {}).get("namespace") or "default"
+        return k8s_client.ApiClient(configuration), str(namespace)
+    try:
+        k8s_config.load_incluster_config(client_configuration=configuration)
+    except k8s_config.ConfigException:
+        raise ConfigError("no kubeconfig: pass --kubeconfig, set $KUBECONFIG or create ~/.kube/config") from None
+    try:
+        with open(SERVICE_ACCOUNT_NAMESPACE, encoding="utf-8") as fh:
+            namespace = fh.read().strip() or "default"
+    except OSError:
+        namespace = "default"
+    return k8s_client.ApiClient(configuration), namespace
+
+
 def _resource_of(path: str) -> str:
     """A coarse resource name for request counting: `pods`, `pods/eviction`, `nodes/proxy`, …
 
@@ -166,6 +213,11 @@ class Kube:
             "username": cfg.username or None,
             "password": cfg.password or None,
         }
+
+    @property
+    def server(self) -> str:
+        """The API server's URL."""
+        return str(self.api.configuration.host)
 
     def token(self) -> str | None:
         """The bearer token this client sends, re-read where the loader refreshes it (in-cluster)."""

@@ -360,10 +360,24 @@ def breaches(policy: Policy, usage: Usage) -> list[Breach]:
     return found
 
 
+def growth_rate(samples: Sequence[tuple[float, int]]) -> float | None:
+    """Bytes per second over recent (time, bytes) samples: the least-squares slope, robust to one
+    noisy sample. None with fewer than two samples or no time between them; negative when shrinking."""
+    n = len(samples)
+    if n < 2:
+        return None
+    mean_t = sum(t for t, _ in samples) / n
+    mean_v = sum(v for _, v in samples) / n
+    var = sum((t - mean_t) ** 2 for t, _ in samples)
+    if var <= 0:
+        return None
+    return sum((t - mean_t) * (v - mean_v) for t, v in samples) / var
+
+
 def seconds_to_cross(samples: Sequence[tuple[float, int]], ceiling: int) -> float | None:
     """Predict how long until usage crosses ``ceiling``, from recent (time, bytes) samples.
 
-    Uses the growth rate over the window (a least-squares slope, robust to one noisy sample).
+    Uses the growth rate over the window (:func:`growth_rate`).
     None when usage is not growing or there are too few samples. 0 when already over.
     """
     if not samples:
@@ -371,15 +385,7 @@ def seconds_to_cross(samples: Sequence[tuple[float, int]], ceiling: int) -> floa
     _last_t, last_v = samples[-1]
     if last_v >= ceiling:
         return 0.0
-    if len(samples) < 2:
-        return None
-    n = len(samples)
-    mean_t = sum(t for t, _ in samples) / n
-    mean_v = sum(v for _, v in samples) / n
-    var = sum((t - mean_t) ** 2 for t, _ in samples)
-    if var <= 0:
-        return None
-    slope = sum((t - mean_t) * (v - mean_v) for t, v in samples) / var
-    if slope <= 0:
+    slope = growth_rate(samples)
+    if slope is None or slope <= 0:
         return None
     return (ceiling - last_v) / slope

@@ -312,6 +312,20 @@ def _repeat(args: argparse.Namespace, dest: str) -> list[str]:
     return list(getattr(args, f"_{dest}_default", None) or [])
 
 
+def protections_from_args(args: argparse.Namespace, namespaces: Sequence[str] = (),
+                          self_pod: tuple[str, str] | None = None) -> Protections:
+    """The never-touch rules from the protection flags (`memwatch run`, `agent` and `status` alike)."""
+    return Protections(
+        protected_namespaces=frozenset(_repeat(args, "protected_namespace")),
+        allowed_namespaces=frozenset(_repeat(args, "allow_namespace")),
+        excluded_namespaces=frozenset(_repeat(args, "exclude_namespace")),
+        included_namespaces=frozenset(namespaces),
+        protected_priority=args.protected_priority,
+        self_selector=LabelSelector.parse(args.self_selector) if args.self_selector else None,
+        self_pod=self_pod,
+    )
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything the controller and the agent are configured with, validated."""
@@ -363,15 +377,8 @@ class Settings:
         if namespaces and args.all_namespaces:
             raise ValueError("--namespace and --all-namespaces exclude each other")
         pod_name, pod_namespace = env.get("POD_NAME"), env.get("POD_NAMESPACE")
-        protections = Protections(
-            protected_namespaces=frozenset(_repeat(args, "protected_namespace")),
-            allowed_namespaces=frozenset(_repeat(args, "allow_namespace")),
-            excluded_namespaces=frozenset(_repeat(args, "exclude_namespace")),
-            included_namespaces=frozenset(namespaces),
-            protected_priority=args.protected_priority,
-            self_selector=LabelSelector.parse(args.self_selector) if args.self_selector else None,
-            self_pod=(pod_namespace, pod_name) if pod_name and pod_namespace else None,
-        )
+        protections = protections_from_args(args, namespaces,
+                                            (pod_namespace, pod_name) if pod_name and pod_namespace else None)
         defaults = Defaults(action=Action(args.default_action), grace_period=args.default_grace_period,
                             for_seconds=args.default_for, escalate=args.escalate)
         extra: dict[str, Any] = {}

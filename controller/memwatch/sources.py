@@ -429,8 +429,10 @@ class AutoSource:
 
 def make_source(kind: str, kube: Kube, namespaces: Sequence[str] = (), label_selector: str = "", *,
                 kubelet_ca_file: str | None = None, kubelet_insecure_tls: bool = False,
-                kubelet_address_types: Sequence[str] = DEFAULT_ADDRESS_TYPES) -> UsageSource:
-    """The source for ``--source``, with the ``--kubelet-*`` TLS and address settings."""
+                kubelet_address_types: Sequence[str] = DEFAULT_ADDRESS_TYPES,
+                kubelet_timeout: float = 10.0) -> UsageSource:
+    """The source for ``--source``, with the ``--kubelet-*`` TLS and address settings (and how long
+    a kubelet may take to answer)."""
     metrics = MetricsApiSource(kube, namespaces, label_selector)
     if kind not in ("metrics-api", "kubelet", "auto"):
         raise ValueError(f"unknown source {kind!r}")
@@ -439,7 +441,7 @@ def make_source(kind: str, kube: Kube, namespaces: Sequence[str] = (), label_sel
     if kubelet_insecure_tls:
         log.warning("kubelet source: --kubelet-insecure-tls: kubelets' serving certificates are NOT verified "
                     "(anyone who can intercept node traffic can feed memwatch false usage)")
-    client = KubeletClient(kube, ca_file=kubelet_ca_file, insecure=kubelet_insecure_tls)
+    client = KubeletClient(kube, ca_file=kubelet_ca_file, insecure=kubelet_insecure_tls, timeout=kubelet_timeout)
     kubelet = KubeletSource(kube, client, NodeDirectory(kube, kubelet_address_types))
     if kind == "kubelet":
         return kubelet

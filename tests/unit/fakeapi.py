@@ -2,8 +2,9 @@
 
 It serves what memwatch reads and writes: discovery for ``metrics.k8s.io/v1beta1`` and
 ``policy/v1``, PodMetricsList (cluster-wide and per namespace), the kubelet Summary through the
-node proxy, paged pod LISTs with ``continue`` tokens, pod WATCH streams, Events, evictions and
-deletions. Every request is logged so tests can count them and check what was written.
+node proxy, paged pod LISTs with ``continue`` tokens, pod WATCH streams, Events, Namespaces,
+evictions and deletions. Every request is logged so tests can count them and check what was
+written; ``refusals`` scripts an API server that says no (RBAC, a bad selector).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import time
 from collections import deque
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
@@ -69,6 +71,21 @@ def summary(node: str, timestamp: str, pods: list[dict[str, Any]]) -> dict[str, 
             "pods": pods}
 
 
+def write_kubeconfig(directory: Path, server: str, namespace: str | None = "shop", name: str = "kubeconfig",
+                     token: str = "jane-token") -> Path:
+    """A person's kubeconfig for ``server`` (a user with a bearer token; the context's namespace)."""
+    context: dict[str, Any] = {"cluster": "fake", "user": "jane"}
+    if namespace:
+        context["namespace"] = namespace
+    config = {"apiVersion": "v1", "kind": "Config", "current-context": "fake",
+              "clusters": [{"name": "fake", "cluster": {"server": server}}],
+              "users": [{"name": "jane", "user": {"token": token}}],
+              "contexts": [{"name": "fake", "context": context}]}
+    path = directory / name
+    path.write_text(json.dumps(config))  # JSON is YAML
+    return path
+
+
 class FakeApiServer:
     """The fake API server. Mutate its public fields to script responses."""
 
@@ -85,6 +102,9 @@ class FakeApiServer:
         self.watch_scripts: deque[list[Any]] = deque()  # each: events (dict) or pauses (float)
         self.idle_watch = 0.05
         self.events: list[dict[str, Any]] = []
+        self.namespaces: set[str] = set()  # served besides those of ``pods``
+        #: (method, path regex, status, message): requests the server refuses, first match wins.
+        self.refusals: list[tuple[str, str, int, str]] = []
         self._server: ThreadingHTTPServer | None = None
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -160,6 +180,10 @@ class FakeApiServer:
     def _route(self, h: BaseHTTPRequestHandler, method: str, path: str, query: dict[str, str],
                body: Any) -> tuple[int, Any]:
         not_found = (404, status_body(404, "NotFound", f"the server could not find {path}"))
+        for verb, pattern, code, message in self.refusals:
+            if verb == method and re.fullmatch(pattern, path):
+                reason = {400: "BadRequest", 401: "Unauthorized", 403: "Forbidden"}.get(code, "InternalError")
+                return code, status_body(code, reason, message)
         if method == "GET":
             if path == METRICS:
                 if not self.metrics_served:
@@ -189,6 +213,13 @@ class FakeApiServer:
                     self._stream_watch(h)
                     return 0, None
                 return 200, self._page(m.group(1), query)
+            m = re.fullmatch(r"/api/v1/namespaces/([^/]+)", path)
+            if m:
+                known = self.namespaces | {p["metadata"]["namespace"] for p in self.pods}
+                if m.group(1) not in known:
+                    return 404, status_body(404, "NotFound", f'namespaces "{m.group(1)}" not found')
+                return 200, {"kind": "Namespace", "apiVersion": "v1", "metadata": {"name": m.group(1)},
+                             "status": {"phase": "Active"}}
             m = re.fullmatch(r"/api/v1(?:/namespaces/([^/]+))?/events", path)
             if m:
                 items = [e for e in self.events if m.group(1) in (None, e["metadata"]["namespace"])]
