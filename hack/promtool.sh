@@ -1,16 +1,21 @@
 #!/usr/bin/env bash
 # Print the path of a promtool, Prometheus' rule checker, for the chart's alert tests
-# (tests/chart/test_alerts.py).
+# (tests/chart/test_alerts.py); with --prometheus, the path of the Prometheus server instead, for
+# the test that scrapes real memwatch processes (tests/chart/test_prometheus_scrape.py).
 #
-# The promtool on PATH if there is one. Otherwise the one in Debian's `prometheus` package,
-# fetched once with `apt-get download` (no root needed, nothing installed system-wide) and
-# unpacked with `dpkg-deb -x` into the cache:
+#   hack/promtool.sh                 promtool
+#   hack/promtool.sh --prometheus    prometheus
+#
+# The one on PATH if there is one. Otherwise the one in Debian's `prometheus` package (which holds
+# both), fetched with `apt-get download` (no root needed, nothing installed system-wide) and
+# unpacked with `dpkg-deb -x` into the cache, once for each of the two:
 #
 #   ${MEMWATCH_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/memwatch}/promtool/bin/promtool
+#   ${MEMWATCH_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/memwatch}/promtool/bin/prometheus
 #
 # Exit status: 0 with the path on stdout; 3 when the package cannot be downloaded at all (no
-# apt-get, no package list naming `prometheus`, no network), with the reason on stderr; any
-# other failure names the command that failed and its line.
+# apt-get, no package list naming `prometheus`, no network), with the reason on stderr; 2 for an
+# unknown argument; any other failure names the command that failed and its line.
 set -Eeuo pipefail
 # Without this, a failure inside $(...) would not stop the script.
 shopt -s inherit_errexit
@@ -27,22 +32,31 @@ unavailable() {
     exit 3
 }
 
-if command -v promtool >/dev/null 2>&1; then
-    command -v promtool
+# Which of the package's programs: promtool (the default) or the server.
+TOOL=promtool
+case $# in
+    0) ;;
+    1) [[ $1 == --prometheus ]] || { log "unknown argument '$1' (usage: $0 [--prometheus])"; exit 2; }
+       TOOL=prometheus ;;
+    *) log "too many arguments (usage: $0 [--prometheus])"; exit 2 ;;
+esac
+
+if command -v "$TOOL" >/dev/null 2>&1; then
+    command -v "$TOOL"
     exit 0
 fi
 
 CACHE=${MEMWATCH_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/memwatch}
 DEST=$CACHE/promtool
-PROMTOOL=$DEST/bin/promtool
+PROGRAM=$DEST/bin/$TOOL
 
-if [[ -x $PROMTOOL ]] && "$PROMTOOL" --version >/dev/null 2>&1; then
-    echo "$PROMTOOL"
+if [[ -x $PROGRAM ]] && "$PROGRAM" --version >/dev/null 2>&1; then
+    echo "$PROGRAM"
     exit 0
 fi
 
-command -v apt-get >/dev/null 2>&1 || unavailable "no apt-get: not a Debian-based machine; put a promtool on PATH"
-command -v dpkg-deb >/dev/null 2>&1 || unavailable "no dpkg-deb: not a Debian-based machine; put a promtool on PATH"
+command -v apt-get >/dev/null 2>&1 || unavailable "no apt-get: not a Debian-based machine; put a $TOOL on PATH"
+command -v dpkg-deb >/dev/null 2>&1 || unavailable "no dpkg-deb: not a Debian-based machine; put a $TOOL on PATH"
 
 mkdir -p "$DEST"
 TMP=$(mktemp -d "$DEST/download.XXXXXX")
@@ -59,13 +73,14 @@ debs=("$TMP"/prometheus_*.deb)
 
 log "step 2/3: dpkg-deb -x ${debs[0]##*/}"
 dpkg-deb -x "${debs[0]}" "$TMP/root"
-[[ -x $TMP/root/usr/bin/promtool ]] || { log "step 2/3: ${debs[0]##*/} holds no usr/bin/promtool"; exit 1; }
+[[ -x $TMP/root/usr/bin/$TOOL ]] || { log "step 2/3: ${debs[0]##*/} holds no usr/bin/$TOOL"; exit 1; }
 
-log "step 3/3: check and install $PROMTOOL"
-"$TMP/root/usr/bin/promtool" --version >&2
+log "step 3/3: check and install $PROGRAM"
+"$TMP/root/usr/bin/$TOOL" --version >&2
 mkdir -p "$DEST/bin"
-# Only promtool is kept (not the server); moved in whole so that a concurrent run never sees half a file.
-mv "$TMP/root/usr/bin/promtool" "$TMP/promtool"
-mv -f "$TMP/promtool" "$PROMTOOL"
+# Only the program asked for is kept (the server is large, and the alert tests need only promtool);
+# moved in whole so that a concurrent run never sees half a file.
+mv "$TMP/root/usr/bin/$TOOL" "$TMP/$TOOL"
+mv -f "$TMP/$TOOL" "$PROGRAM"
 echo "${debs[0]##*/}" > "$DEST/PACKAGE"
-echo "$PROMTOOL"
+echo "$PROGRAM"
