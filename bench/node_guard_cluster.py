@@ -379,16 +379,21 @@ def race(api: Api, ends: Ends, kernel: KernelLog, mode: str, pods: int, rate: in
         line = KUBELET_LINE if first == "kubelet" else limit * SOFT_PCT // 100
         crossed = sampler.crossed(limit, line)
         latency = None if crossed is None else t - crossed
-    _settle()
+    _settle(f.uid for f in facts.values())
     return Race(mode, pods, rate, oom, {n: who for n, (who, _) in ended.items()}, latency, first, ballast_hit)
 
 
-def _settle(timeout: float = 60.0) -> None:
-    """Wait until kubepods holds no more than the ballast and a little again (the hogs' memory is freed)."""
+def _settle(uids: Iterable[str], timeout: float = 60.0) -> None:
+    """Wait until the race's hogs are gone from the node: their pod cgroups removed (a pod deleted with
+    grace 0 leaves the API at once, while the kubelet stops its processes later: a race started before
+    that found kubepods already short, and the guard, seeing no such pod, chose the ballast), and
+    kubepods holding no more than the ballast and a little."""
     deadline = time.time() + timeout
-    while working_set() > (BALLAST_MIB + 64) * MiB:
+    dirs = [KUBEPODS / "besteffort" / f"pod{u}" for u in uids if u]
+    while any(d.exists() for d in dirs) or working_set() > (BALLAST_MIB + 64) * MiB:
         if time.time() > deadline:
-            raise TimeoutError(f"kubepods still holds {working_set() // MiB} MiB {timeout:.0f}s after a race")
+            raise TimeoutError(f"kubepods still holds {working_set() // MiB} MiB and "
+                               f"{sum(d.exists() for d in dirs)} hog cgroups {timeout:.0f}s after a race")
         time.sleep(0.1)
 
 
