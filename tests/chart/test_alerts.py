@@ -46,33 +46,44 @@ lint = load_hack("lint")
 # --- promtool ---------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="session")
-def promtool() -> str:
-    """promtool's path, from hack/promtool.sh (on PATH, or Debian's package, cached)."""
-    proc = subprocess.run(["bash", str(PROMTOOL_SH)], capture_output=True, text=True, timeout=900)
+def hack_program(what: str, unchecked: str, *args: str) -> str:
+    """The path ``hack/promtool.sh args`` prints: ``what`` on PATH, or from Debian's package, cached.
+    Skipped (loudly, naming what is then ``unchecked``) only when it cannot be downloaded and
+    MEMWATCH_TEST_PROMTOOL=skip; any other failure fails the test."""
+    command = " ".join(["hack/promtool.sh", *args])
+    proc = subprocess.run(["bash", str(PROMTOOL_SH), *args], capture_output=True, text=True, timeout=900)
     if proc.returncode == 3 and os.environ.get("MEMWATCH_TEST_PROMTOOL") == "skip":
         reason = proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "no reason given"
-        pytest.skip(f"SKIPPED LOUDLY: promtool cannot be downloaded here ({reason}) and "
-                    "MEMWATCH_TEST_PROMTOOL=skip: the alert rules and dashboard queries are NOT checked")
+        pytest.skip(f"SKIPPED LOUDLY: {what} cannot be downloaded here ({reason}) and "
+                    f"MEMWATCH_TEST_PROMTOOL=skip: {unchecked}")
     if proc.returncode != 0:
-        pytest.fail(f"hack/promtool.sh failed (exit {proc.returncode}):\n{proc.stderr}")
+        pytest.fail(f"{command} failed (exit {proc.returncode}):\n{proc.stderr}")
     path = proc.stdout.strip().splitlines()[-1]
-    assert Path(path).is_file(), f"hack/promtool.sh printed {path!r}, which is not a file"
+    assert Path(path).is_file(), f"{command} printed {path!r}, which is not a file"
     return path
 
 
-def run_promtool_sh(tmp_path: Path, **tools: str) -> subprocess.CompletedProcess[str]:
-    """hack/promtool.sh with these shell scripts first on PATH and an empty cache."""
+@pytest.fixture(scope="session")
+def promtool() -> str:
+    """promtool's path, from hack/promtool.sh (on PATH, or Debian's package, cached)."""
+    return hack_program("promtool", "the alert rules and dashboard queries are NOT checked")
+
+
+def run_promtool_sh(tmp_path: Path, *args: str, programs: tuple[str, ...] = ("promtool",),
+                    **tools: str) -> subprocess.CompletedProcess[str]:
+    """hack/promtool.sh ``args`` with these shell scripts first on PATH and an empty cache; skipped when
+    one of ``programs`` is installed on PATH already (the script would use it, not download it)."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     for name, body in tools.items():
         (bin_dir / name.replace("_", "-")).write_text(f"#!/bin/sh\n{body}\n")
         (bin_dir / name.replace("_", "-")).chmod(0o755)
     path = f"{bin_dir}:{os.environ['PATH']}"
-    if "promtool" not in tools and shutil.which("promtool", path=path):
-        pytest.skip("a promtool is installed on PATH: hack/promtool.sh would not download")
+    for program in programs:
+        if program not in tools and shutil.which(program, path=path):
+            pytest.skip(f"a {program} is installed on PATH: hack/promtool.sh would use it")
     env = {**os.environ, "PATH": path, "MEMWATCH_CACHE": str(tmp_path / "cache")}
-    return subprocess.run(["bash", str(PROMTOOL_SH)], env=env, capture_output=True, text=True, timeout=60)
+    return subprocess.run(["bash", str(PROMTOOL_SH), *args], env=env, capture_output=True, text=True, timeout=60)
 
 
 def test_promtool_sh_prefers_the_one_on_path(tmp_path: Path) -> None:

@@ -67,9 +67,11 @@ from .test_alerts import (
     as_promql,
     dashboard,
     dashboard_queries,
+    hack_program,
     metric_names,
     variable_queries,
 )
+from .test_alerts import run_promtool_sh as run_alerts_promtool_sh
 
 #: Selectors that cannot have data in this setup, each with the reason. Keep it short: prefer
 #: making the event happen.
@@ -108,7 +110,6 @@ MiB = 1 << 20
 
 STARTUP = 60.0  # seconds for a process to serve (kopf and the agent import a lot)
 DATA = 90.0  # seconds for every selector to have data once Prometheus runs
-PROMETHEUS_SH_TIMEOUT = 900
 
 
 # --- the Prometheus server -------------------------------------------------------------------
@@ -118,33 +119,13 @@ PROMETHEUS_SH_TIMEOUT = 900
 def prometheus_bin() -> str:
     """The Prometheus server's path, from hack/promtool.sh --prometheus (on PATH, or Debian's
     package, cached). Skipped (loudly) only when it cannot be downloaded and MEMWATCH_TEST_PROMTOOL=skip."""
-    proc = subprocess.run(["bash", str(PROMTOOL_SH), "--prometheus"], capture_output=True, text=True,
-                          timeout=PROMETHEUS_SH_TIMEOUT)
-    if proc.returncode == 3 and os.environ.get("MEMWATCH_TEST_PROMTOOL") == "skip":
-        reason = proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "no reason given"
-        pytest.skip(f"SKIPPED LOUDLY: the prometheus server cannot be downloaded here ({reason}) and "
-                    "MEMWATCH_TEST_PROMTOOL=skip: the alert and dashboard selectors are NOT checked against "
-                    "a real scrape")
-    if proc.returncode != 0:
-        pytest.fail(f"hack/promtool.sh --prometheus failed (exit {proc.returncode}):\n{proc.stderr}")
-    path = proc.stdout.strip().splitlines()[-1]
-    assert Path(path).is_file(), f"hack/promtool.sh --prometheus printed {path!r}, which is not a file"
-    return path
+    return hack_program("the prometheus server",
+                        "the alert and dashboard selectors are NOT checked against a real scrape", "--prometheus")
 
 
 def run_promtool_sh(tmp_path: Path, *args: str, **tools: str) -> subprocess.CompletedProcess[str]:
-    """hack/promtool.sh ``args`` with these shell scripts first on PATH and an empty cache."""
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    for name, body in tools.items():
-        (bin_dir / name.replace("_", "-")).write_text(f"#!/bin/sh\n{body}\n")
-        (bin_dir / name.replace("_", "-")).chmod(0o755)
-    path = f"{bin_dir}:{os.environ['PATH']}"
-    for program in ("promtool", "prometheus"):
-        if program not in tools and shutil.which(program, path=path):
-            pytest.skip(f"a {program} is installed on PATH: hack/promtool.sh would use it")
-    env = {**os.environ, "PATH": path, "MEMWATCH_CACHE": str(tmp_path / "cache")}
-    return subprocess.run(["bash", str(PROMTOOL_SH), *args], env=env, capture_output=True, text=True, timeout=60)
+    """hack/promtool.sh ``args`` with stand-ins first on PATH and an empty cache (neither program installed)."""
+    return run_alerts_promtool_sh(tmp_path, *args, programs=("promtool", "prometheus"), **tools)
 
 
 #: A stand-in for Debian's package: `apt-get download` leaves a .deb, `dpkg-deb -x` unpacks both programs.
