@@ -73,7 +73,8 @@ def _bytes(text: str) -> int:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def _selector(text: str) -> str:
+def selector_arg(text: str) -> str:
+    """An argparse type: a label selector, refused with the parser's own message when malformed."""
     try:
         LabelSelector.parse(text)
     except SelectorError as exc:
@@ -170,9 +171,9 @@ COMMON: tuple[Option, ...] = (
     Option("--protected-priority", "never touch pods at or above this priority ('none' disables); "
            "default: system-cluster-critical", type=_priority, default=SYSTEM_CLUSTER_CRITICAL, metavar="INT"),
     Option("--self-selector", "label selector of memwatch's own pods, which are never touched",
-           type=_selector, default="app.kubernetes.io/name=memwatch", metavar="SELECTOR"),
+           type=selector_arg, default="app.kubernetes.io/name=memwatch", metavar="SELECTOR"),
     Option("--label-selector", "server-side label selector: stream only these pods (e.g. memwatch.io/watch=true)",
-           type=_selector, default="", metavar="SELECTOR"),
+           type=selector_arg, default="", metavar="SELECTOR"),
     Option("--dry-run", "never evict or delete: log and post Events saying what would happen", boolean=True),
     Option("--default-action", "action for pods without memwatch.io/action", choices=("evict", "delete", "dry-run"),
            default="evict"),
@@ -207,7 +208,7 @@ RUN: tuple[Option, ...] = (
            "that may evict), 'restart' (kill-only agents: only memwatch.io/action: restart pods), or 'none'",
            choices=("none", "restart", "all"), default="none"),
     Option("--agent-selector", "label selector of the memwatch agent pods (in the controller's namespace)",
-           type=_selector, default="app.kubernetes.io/name=memwatch,app.kubernetes.io/component=agent",
+           type=selector_arg, default="app.kubernetes.io/name=memwatch,app.kubernetes.io/component=agent",
            metavar="SELECTOR"),
     Option("--kubelet-ca-file", "CA bundle (PEM) that signs the kubelets' serving certificates, for the kubelet "
            "source (default: the cluster CA memwatch trusts for the API server)", metavar="PATH"),

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, TextIO
 
 from memwatch.podindex import PodRecord, build_record
 from memwatch.policy import Action, Defaults, Limit, Usage, growth_rate, seconds_to_cross
-from memwatch.protections import LabelSelector, Protections, SelectorError
+from memwatch.protections import Protections
 from memwatch.quantity import QuantityError, format_bytes, parse_duration
 
 if TYPE_CHECKING:
@@ -86,14 +86,6 @@ class _Parser(argparse.ArgumentParser):
         raise StatusError(f"{message} (see --help)", 2)
 
 
-def _selector(text: str) -> str:
-    try:
-        LabelSelector.parse(text)
-    except SelectorError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-    return text
-
-
 def _duration(text: str) -> float:
     try:
         seconds = parse_duration(text)
@@ -113,14 +105,14 @@ CONTROLLER_FLAGS = ("--protected-namespace", "--allow-namespace", "--exclude-nam
 
 def add_arguments(parser: argparse.ArgumentParser, env: Mapping[str, str]) -> argparse.ArgumentParser:
     """The command's flags; those it shares with `memwatch run` come from the same option table."""
-    from memwatch.settings import COMMON, RUN, add_options
+    from memwatch.settings import COMMON, RUN, add_options, selector_arg
 
     sweep = next(o.default for o in RUN if o.flag == "--interval")
     scope = parser.add_mutually_exclusive_group()
     scope.add_argument("-n", "--namespace", metavar="NS",
                        help="only this namespace (default: the kubeconfig context's namespace, as kubectl)")
     scope.add_argument("-A", "--all-namespaces", action="store_true", help="every namespace")
-    parser.add_argument("-l", "--selector", type=_selector, metavar="SELECTOR",
+    parser.add_argument("-l", "--selector", type=selector_arg, metavar="SELECTOR",
                         help="only pods with these labels (e.g. app=web), filtered by the API server")
     parser.add_argument("--sort", choices=SORTS, default="headroom",
                         help="headroom: nearest the watch limit first; usage: largest working set first; "

@@ -32,7 +32,7 @@ SAMPLES: dict[Any, tuple[str, Any]] = {
     s._grace_period: ("30", 30),
     s._port: ("7070", 7070),
     s._bytes: ("7Mi", 7 * MI),
-    s._selector: ("team in (a, b),!canary", "team in (a, b),!canary"),
+    s.selector_arg: ("team in (a, b),!canary", "team in (a, b),!canary"),
     s._priority: ("1000", 1000),
     s._percent: ("70%", 70.0),
     s._boolean: ("false", False),
