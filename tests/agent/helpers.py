@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
 import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 from memwatch.kube import WriteResult
@@ -18,6 +20,8 @@ from memwatch.settings import Settings
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 from realcgroup import V1_MEMORY, remove_tree, spawn, v1_unavailable, wait_comm
+
+BENCH = Path(__file__).resolve().parents[2] / "bench"
 
 FIXTURES = Path(__file__).parent / "fixtures"
 MiB = 1 << 20
@@ -63,6 +67,20 @@ class ApiDouble:
 
     def reasons(self) -> list[str]:
         return [e["reason"] for e in self.events]
+
+
+def load_bench(name: str) -> ModuleType:
+    """A benchmark module of bench/ (``oom_race``, ``node_guard``, ...), loaded once under its own
+    name: the tests that race the kernel use the benchmarks' harness."""
+    key = f"memwatch_bench_{name}"
+    module = sys.modules.get(key)
+    if module is None:
+        spec = importlib.util.spec_from_file_location(key, BENCH / f"{name}.py")
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[key] = module
+        spec.loader.exec_module(module)
+    return module
 
 
 def make_settings(cgroup_root: str | Path = "/sys/fs/cgroup", **over: Any) -> Settings:

@@ -5,13 +5,10 @@ samples is still acted on at once, judged by the kernel (root only; skips loudly
 
 from __future__ import annotations
 
-import importlib.util
 import itertools
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
@@ -20,23 +17,15 @@ from memwatch.agent import MAX_STRIDE, Agent
 from memwatch.cgroups import CgroupSource, Hierarchy
 from memwatch.lifecycle import Phase
 
-from .helpers import UID_B, ApiDouble, make_pod, make_settings
+from .helpers import UID_B, ApiDouble, load_bench, make_pod, make_settings
 
-BENCH = Path(__file__).resolve().parents[2] / "bench" / "oom_race.py"
 MiB = 1 << 20
 UID = "5a0e3d1c-0000-4000-8000-00000000ad01"
 
 
-def _bench() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("memwatch_bench_oom_race_adaptive", BENCH)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
-oom_race = _bench()
+oom_race = load_bench("oom_race")
 WHY = oom_race.cgroup_v1_unavailable()
 pytestmark = [pytest.mark.cgroup,
               pytest.mark.skipif(WHY is not None, reason=f"SKIPPED LOUDLY: no real memory cgroups here: {WHY}")]

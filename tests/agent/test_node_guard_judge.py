@@ -9,29 +9,16 @@ and prove the kernel-log reader on a real memcg OOM kill (root, cgroup v1; skips
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import os
 import sys
 import uuid
-from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
 
-BENCH = Path(__file__).resolve().parents[2] / "bench"
+from .helpers import load_bench
 
-
-def _bench() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("memwatch_bench_node_guard_cluster", BENCH / "node_guard_cluster.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-ngc = _bench()
+ngc = load_bench("node_guard_cluster")
 UID = "0b6c1f8e-3a52-4f55-9d6e-2f1b7f0c9a11"
 
 
@@ -98,8 +85,7 @@ def test_kernel_log_records_are_read_for_the_subtree_only() -> None:
 
 
 def _real_memcg_unavailable() -> str | None:
-    sys.path.insert(0, str(BENCH))
-    from realcgroup import v1_unavailable
+    from realcgroup import v1_unavailable  # bench/, on the path through .helpers
 
     return v1_unavailable() or (None if os.access("/dev/kmsg", os.R_OK) else "cannot read /dev/kmsg")
 

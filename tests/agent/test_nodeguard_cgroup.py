@@ -8,30 +8,15 @@ harness is the benchmark's (``bench/node_guard.py``). Needs root and a writable 
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 
 from memwatch.nodeguard import Mode
 
-BENCH = Path(__file__).resolve().parents[2] / "bench"
+from .helpers import load_bench
 
-
-def _load(name: str) -> ModuleType:
-    if str(BENCH) not in sys.path:
-        sys.path.insert(0, str(BENCH))
-    spec = importlib.util.spec_from_file_location(f"memwatch_bench_{name}", BENCH / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-node_guard = _load("node_guard")
+node_guard = load_bench("node_guard")
 WHY = node_guard.cgroup_v1_unavailable()
 pytestmark = [
     pytest.mark.cgroup,

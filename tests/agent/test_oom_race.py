@@ -6,27 +6,14 @@ benchmark's (``bench/oom_race.py``); the benchmark runs >= 10 races per rate, th
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 import warnings
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 
-BENCH = Path(__file__).resolve().parents[2] / "bench" / "oom_race.py"
+from .helpers import load_bench
 
-
-def _bench() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("memwatch_bench_oom_race", BENCH)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-oom_race = _bench()
+oom_race = load_bench("oom_race")
 WHY = oom_race.cgroup_v1_unavailable()
 pytestmark = [
     pytest.mark.cgroup,
