@@ -8,6 +8,7 @@ from collections.abc import Iterator
 import pytest
 
 from .fakeapi import FakeApiServer
+from .fakekubelet import KubeletApiServer, Pki, make_pki
 from .fakes import FakeClock, FakeKube
 
 
@@ -32,6 +33,23 @@ def kube() -> FakeKube:
 @pytest.fixture
 def api() -> Iterator[FakeApiServer]:
     server = FakeApiServer()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    """A CA and the certificates of the fake kubelets (made once: RSA keys are slow)."""
+    return make_pki(tmp_path_factory.mktemp("pki"))
+
+
+@pytest.fixture
+def kubelet_api(pki: Pki) -> Iterator[KubeletApiServer]:
+    """The fake API server, whose Nodes' kubelets are fake HTTPS servers with CA-signed certificates."""
+    server = KubeletApiServer(pki)
     server.start()
     try:
         yield server

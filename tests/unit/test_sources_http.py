@@ -10,7 +10,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -34,7 +34,7 @@ from memwatch.sources import (
 from memwatch.watcher import ACTIVE_PODS, PodWatcher
 
 from .fakeapi import METRICS, FakeApiServer, pod_metrics, summary, summary_pod
-from .fakekubelet import KubeletApiServer, Pki, make_pki
+from .fakekubelet import KubeletApiServer, Pki
 from .fakes import MI, FakeClock, FakeKube, Rig, make_pod
 
 NOW = "2026-11-28T10:00:00Z"
@@ -43,20 +43,10 @@ METRICS_PODS = METRICS + r"(/namespaces/[^/]+)?/pods"
 NODE = r"/api/v1/nodes/[^/]+"
 
 
-@pytest.fixture(scope="session")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
-    return make_pki(tmp_path_factory.mktemp("pki"))
-
-
 @pytest.fixture
-def api(pki: Pki) -> Iterator[KubeletApiServer]:
-    """The fake API server, whose Nodes' kubelets are fake HTTPS servers with CA-signed certificates."""
-    server = KubeletApiServer(pki)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
+def api(kubelet_api: KubeletApiServer) -> KubeletApiServer:
+    """Here the API server is always the one whose Nodes' kubelets are fake HTTPS servers."""
+    return kubelet_api
 
 
 def kubelet_source(kube: Kube, pki: Pki, clock: Callable[[], float] = time.monotonic) -> KubeletSource:

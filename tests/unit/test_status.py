@@ -19,7 +19,7 @@ import sys
 import threading
 import time
 import tomllib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import metadata
 from pathlib import Path
@@ -43,7 +43,7 @@ from memwatch.protections import Protections
 from memwatch.quantity import format_bytes, parse_duration
 
 from .fakeapi import METRICS, FakeApiServer, pod_metrics, summary, summary_pod, write_kubeconfig
-from .fakekubelet import TOKEN, KubeletApiServer, Pki, make_pki
+from .fakekubelet import TOKEN, KubeletApiServer, Pki
 from .fakes import GI, MI, iso, make_pod
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -336,21 +336,6 @@ def test_metrics_api_forbidden_says_what_rbac_it_needs(scene: Scene) -> None:
     assert code == 0 and len(err.splitlines()) == 1
     assert "HTTP 403" in err and "list on pods.metrics.k8s.io" in err
     assert len(table(out)) == 5
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
-    return make_pki(tmp_path_factory.mktemp("pki"))
-
-
-@pytest.fixture
-def kubelet_api(pki: Pki) -> Iterator[KubeletApiServer]:
-    server = KubeletApiServer(pki)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def test_auto_reads_the_kubelets_without_metrics_server(kubelet_api: KubeletApiServer, tmp_path: Path,
