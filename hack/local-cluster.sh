@@ -373,7 +373,18 @@ component_pid() {
     echo "$pid"
 }
 
-alive() { component_pid "$1" >/dev/null; }
+# alive NAME: the component runs, or is still becoming itself: `start` runs it through setsid and
+# nohup, which exec into it, and on a loaded machine /proc/PID/exe names one of them for seconds
+# (read as "exited", that failed a cold `up` waiting for node1 Ready).
+alive() {
+    local pid exe
+    component_pid "$1" >/dev/null && return 0
+    pid=$(cat "$PIDS/$1.pid" 2>/dev/null) || return 1
+    [[ "$pid" =~ ^[0-9]+$ ]] && running "$pid" || return 1
+    exe=$(readlink "/proc/$pid/exe" 2>/dev/null) || return 1
+    case "${exe##*/}" in setsid | nohup) return 0 ;; esac
+    return 1
+}
 
 # start NAME ARGS...: runs $(component_exe NAME) ARGS... in its own session,
 # logging to $LOGS/NAME.log, unless it already runs.
