@@ -40,6 +40,7 @@ from typing import Any
 import psutil
 from prometheus_client import Gauge, Histogram
 
+from memwatch.agents import EventHistory
 from memwatch.capabilities import KillCapability, probe
 from memwatch.cgroups import (
     SETTLE_PERIOD,
@@ -55,10 +56,11 @@ from memwatch.clock import SYSTEM, Clock
 from memwatch.enforcer import Enforcer, EnforcerSettings
 from memwatch.kill import kill_cgroup
 from memwatch.kube import Kube, load_client
-from memwatch.lifecycle import Lifecycle, Outcome, Phase, Retry, Step, Trigger
+from memwatch.lifecycle import HELD, Lifecycle, Outcome, Phase, Retry, Step, Trigger
 from memwatch.nodeguard import NodeGuard
 from memwatch.observability import (
     ACTED_REASONS,
+    HISTORY_SELECTOR,
     LATENCY_BUCKETS,
     REASON_DRY_RUN,
     REASON_FAILED,
@@ -72,6 +74,7 @@ from memwatch.observability import (
 )
 from memwatch.podindex import PodIndex, PodRecord
 from memwatch.policy import Action, Breach, Limit, Policy, Usage, seconds_to_cross
+from memwatch.policywatch import PolicyFeed
 from memwatch.quantity import format_bytes
 from memwatch.settings import Settings
 from memwatch.watcher import ACTIVE_PODS, PodWatcher
@@ -202,6 +205,14 @@ class Agent:
         if watch and self.kube is not None:
             self.watchers = [PodWatcher(self.kube, self.index, ns, settings.label_selector, node_field)
                              for ns in scopes]
+        # The policies, resolved into the index like the controller's (memwatch.policywatch).
+        self.policy_feed: PolicyFeed | None = None
+        if self.watchers and self.kube is not None:
+            self.policy_feed = PolicyFeed(self.kube, self.index, list(self.watchers), scopes)
+            # memwatch's own Events, followed as they happen (the controller's, the other agents'):
+            # a workload's restart budget counts every component's actions, not only this agent's.
+            self.watchers += [PodWatcher(self.kube, EventHistory(self.recorder), ns, field_selector=HISTORY_SELECTOR,
+                                         resource="events") for ns in scopes]
         self.source = source or CgroupSource(Hierarchy.detect(settings.cgroup_root), clock=clock.wall)
         self.fallback = ProcessSource(clock=clock.wall)
         # What the kill rung can really do here, found out once: never report a kill that cannot happen.
@@ -242,6 +253,8 @@ class Agent:
                                     "Time for one agent sample of every watched pod on the node.",
                                     buckets=LATENCY_BUCKETS, registry=self.metrics.registry)
         self.guard = NodeGuard.attach(self)  # --node-guard: the node's own memory, once per sample
+        if self.policy_feed is not None:  # the guard's own pod watch (a --label-selector agent) re-lists too
+            self.policy_feed.pod_watchers = [w for w in self.watchers if w.resource == "pods"]
 
     # -- one sample of every pod -----------------------------------------------------------------
     def _kill_rung(self, policy: Policy) -> bool:
@@ -268,6 +281,8 @@ class Agent:
         live: list[PodRecord] = []
         lives = self.lifecycle
         records = self.index.snapshot()
+        if self.policy_feed is not None and not self.policy_feed.current(fresh=False):
+            records = []  # the policies (or the pods resolved with them) are not in yet: judge nothing
         # Only pods that left the index lose their state: an evicted pod keeps DONE until it is gone.
         lives.retain({r.uid for r in records} | self.worker.busy)
         for rec in records:
@@ -382,7 +397,7 @@ class Agent:
             self.lifecycle.result(uid, outcome)
             st = self.states.get(uid)
             if st is not None and (outcome.result in ("rate-limited", "not-leader", "waiting")
-                                   or outcome.result.startswith("would-")):
+                                   or outcome.result in HELD or outcome.result.startswith("would-")):
                 st.evicting_since = None  # nothing in effect: --kill-after counts from a real action
 
     def _state(self, rec: PodRecord) -> PodState:
@@ -445,8 +460,16 @@ class Agent:
             return
         if policy.action is Action.RESTART and not self.settings.dry_run:
             if self.capability.can_kill:
+                if container is not None and st.killed.get(container, (0.0, ""))[1] == self._instance(rec, container):
+                    return  # this instance was killed already: its restart is a new one
+                # The same holds as an eviction's (min-pod-age, the restart budget); the Event on the worker.
+                held = self.enforcer.hold(rec, trigger, f"killed container {container or '?'}",
+                                          post=self.worker.submit)
+                if held is not None:
+                    self.lifecycle.result(rec.uid, held)
+                    return
                 self._kill(rec, st, usage, trigger, container, "memwatch.io/action: restart",
-                           predicted is not None)
+                           predicted is not None, counted=True)
                 return
             self._cannot_kill(rec, trigger)  # said once per pod; evicted instead (when allowed)
         if not self.settings.evict:
@@ -615,9 +638,11 @@ class Agent:
         return str(reader.path) if reader is not None else dict(rec.container_ids).get(container, "")
 
     def _kill(self, rec: PodRecord, st: PodState, usage: Usage, trigger: Trigger, container: str | None,
-              why: str, predicted: bool) -> None:
+              why: str, predicted: bool, counted: bool = False) -> None:
         """SIGKILL the container's processes now (pidfds, or cgroup.kill on v2); log and Event it
-        (the Event on the worker thread). A kill that reached no process is a failure, never ``killed``."""
+        (the Event on the worker thread). A kill that reached no process is a failure, never ``killed``.
+        ``counted``: the pod's own action (``restart``), which counts against the restart budget; the
+        last-resort kill does not (it follows an eviction that counted, or forestalls the kernel's)."""
         entry = self.source.pods.get(rec.uid)
         reader = None if entry is None or container is None else entry.containers.get(container)
         if reader is None:
@@ -653,14 +678,18 @@ class Agent:
         self._learn("kill", acted_mono - t0)
         st.killed[container] = (acted_mono, instance)
         st.history.clear()
-        self.lifecycle.interrupt(rec.uid)  # the container restarts: a new breach must be seen afresh
+        name = self.enforcer.counted(rec, acted) if counted else None
+        if counted:
+            self.lifecycle.cancel(rec.uid)  # the container restarts: a new breach must be seen afresh
+        else:
+            self.lifecycle.interrupt(rec.uid)  # likewise, and an eviction pending stays pending
         self.timings.append(ActionTiming(rec.uid, "killed", container, trigger.crossed_at, trigger.detected_at,
                                          acted, predicted))
         detail = (f"{why}; {result.describe()} of container {container}"
                   + (f"; top: {' '.join(str(p) for p in top)}" if top else ""))
         line = self._line("killed", rec, trigger, acted, detail)
         self.metrics.latency.labels("killed", trigger.source).observe(acted - trigger.detected_at)
-        self._record(line, REASON_KILLED, warning=True)
+        self._record(line, REASON_KILLED, warning=True, counted=name)
 
     def _line(self, result: str, rec: PodRecord, trigger: Trigger, acted: float | None, detail: str) -> ActionLine:
         lim: Limit = trigger.breach.limit
@@ -669,16 +698,19 @@ class Agent:
                           None if acted is None else acted - trigger.detected_at,
                           trigger.detected_at, trigger.crossed_at, acted, detail)
 
-    def _record(self, line: ActionLine, reason: str, warning: bool = False, once: bool = False) -> None:
-        """Log now; post the Event from the worker thread (the API may be slow or unreachable)."""
+    def _record(self, line: ActionLine, reason: str, warning: bool = False, once: bool = False,
+                counted: str | None = None) -> None:
+        """Log now; post the Event from the worker thread (the API may be slow or unreachable).
+        ``counted``: the Event name the restart budget counted the action under."""
         line.log(log, warning)
-        self.worker.submit(lambda: self._post(line, reason, warning, once))
+        self.worker.submit(lambda: self._post(line, reason, warning, once, counted))
 
-    def _post(self, line: ActionLine, reason: str, warning: bool, once: bool) -> None:
+    def _post(self, line: ActionLine, reason: str, warning: bool, once: bool, counted: str | None = None) -> None:
         if once and self.recorder.already(line.record.uid, [reason]):
             return
         self.metrics.actions.labels(line.result, line.source or "-").inc()
-        self.recorder.event(line.record, reason, event_message(line), warning)
+        self.recorder.event(line.record, reason, event_message(line), warning, name=counted,
+                            related=counted is not None, at=line.acted_at if counted else None)
         self.recorder.remember(line.record.uid, reason)
 
     # -- kernel notifications ------------------------------------------------------------------------
@@ -827,6 +859,8 @@ class Agent:
 
     def start(self) -> None:
         self.metrics.serve(self.settings.metrics_port)
+        if self.policy_feed is not None:
+            self.policy_feed.start()
         for w in self.watchers:
             w.start()
         self.worker.start()
@@ -842,6 +876,8 @@ class Agent:
         self._stop.set()
         with contextlib.suppress(OSError):
             os.eventfd_write(self._wake, 1)
+        if self.policy_feed is not None:
+            self.policy_feed.stop()
         for w in self.watchers:
             w.stop()
         self.worker.stop()

@@ -89,7 +89,8 @@ class AgentTracker:
 class EventHistory:
     """A watcher sink over memwatch's own Events: every action any replica or agent reports reaches
     the :class:`~memwatch.observability.Recorder`'s memory as it happens (and the initial LIST is the
-    history a restarted process loads)."""
+    history a restarted process loads), the restart budget's count of each workload's actions included
+    (:mod:`memwatch.budget`: a re-LIST's Events are not counted twice)."""
 
     def __init__(self, recorder: Recorder) -> None:
         self.recorder = recorder

@@ -1,5 +1,6 @@
 """The `memwatch` command: `run` (cluster controller), `agent` (node agent), `lint` (manifests),
-`status` (where each watched pod stands; also the kubectl plugin `kubectl-memwatch`)."""
+`status` (where each watched pod stands) and `explain` (why a pod is watched, and with what); the
+last two also as the kubectl plugin `kubectl-memwatch`."""
 
 from __future__ import annotations
 
@@ -17,8 +18,9 @@ if TYPE_CHECKING:
     from memwatch.settings import Option, Settings
 
 # `memwatch lint` starts fast: it imports neither the settings nor anything of the controller's.
-LINT_HELP = "validate memwatch annotations in Kubernetes manifests"
-LINT_DESCRIPTION = ("Print the resolved policy of every annotated pod or pod template, or a precise error. "
+LINT_HELP = "validate memwatch annotations and policies in Kubernetes manifests"
+LINT_DESCRIPTION = ("Print the resolved policy of every annotated pod or pod template, and a summary of every "
+                    "MemwatchPolicy and ClusterMemwatchPolicy, or a precise error. "
                     "Exit 0 when all are valid, 1 otherwise.")
 
 
@@ -28,7 +30,7 @@ def _lint_arguments(lint: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 
 def _parser(env: Mapping[str, str], prog: str = "memwatch") -> argparse.ArgumentParser:
-    from memwatch import status
+    from memwatch import explain, status
     from memwatch.settings import AGENT, COMMON, RUN, add_options
 
     parser = argparse.ArgumentParser(
@@ -55,6 +57,8 @@ def _parser(env: Mapping[str, str], prog: str = "memwatch") -> argparse.Argument
     _lint_arguments(sub.add_parser("lint", help=LINT_HELP, description=LINT_DESCRIPTION))
     status.add_arguments(sub.add_parser("status", formatter_class=fmt, help=status.HELP,
                                         description=status.DESCRIPTION, epilog=status.EPILOG), env)
+    explain.add_arguments(sub.add_parser("explain", formatter_class=fmt, help=explain.HELP,
+                                         description=explain.DESCRIPTION, epilog=explain.EPILOG), env)
     return parser
 
 
@@ -97,8 +101,17 @@ def _serve(settings: Settings, engine: object) -> int:
     # kopf derives an identity from the login name by default, which a non-root container uid
     # without a passwd entry does not have: give it the pod's name instead.
     identity: Any = settings.pod_name or socket.gethostname()  # kopf's Identity is a NewType of str
-    kopf.run(clusterwide=True, standalone=True, liveness_endpoint=settings.liveness or None,
-             identity=identity, memo=kopf.Memo(engine=engine))
+    policy_handlers = engine.__class__.__name__ == "Controller"
+    if policy_handlers:
+        from memwatch import policyhandlers
+
+        policyhandlers.register()
+    # The policy handlers watch MemwatchPolicies where memwatch watches pods (a namespaced install
+    # may read them only there) and ClusterMemwatchPolicies cluster-wide, as kopf does for cluster kinds.
+    namespaces: list[Any] = list(settings.namespaces)
+    kopf.run(clusterwide=not namespaces, namespaces=namespaces, standalone=True,
+             liveness_endpoint=settings.liveness or None,
+             identity=identity, memo=kopf.Memo(engine=engine, policy_handlers=policy_handlers))
     return 0
 
 
@@ -123,6 +136,10 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
         from memwatch import status
 
         return status.main(words[1:], env, prog=f"{prog} status", formatter_class=_HelpFormatter)
+    if words[:1] == ["explain"]:
+        from memwatch import explain
+
+        return explain.main(words[1:], env, prog=f"{prog} explain", formatter_class=_HelpFormatter)
     from memwatch.settings import Settings
 
     parser = _parser(env, prog)
@@ -135,6 +152,10 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
         from memwatch import status
 
         return status.execute(args, env, prog=f"{prog} status")
+    if args.command == "explain":
+        from memwatch import explain
+
+        return explain.execute(args, env, prog=f"{prog} explain")
     try:
         settings = Settings.from_args(args, env)
     except ValueError as exc:
@@ -159,7 +180,8 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
 
 
 def kubectl_main() -> int:
-    """`kubectl-memwatch`, the kubectl plugin: `kubectl memwatch status` runs `memwatch status`."""
+    """`kubectl-memwatch`, the kubectl plugin: `kubectl memwatch status` runs `memwatch status`,
+    `kubectl memwatch explain` runs `memwatch explain`."""
     return main(prog="kubectl memwatch")
 
 

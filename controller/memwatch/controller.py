@@ -18,10 +18,12 @@ from memwatch.kube import Kube, load_client
 from memwatch.leader import LeaderElector
 from memwatch.observability import HISTORY_SELECTOR, Metrics, Recorder
 from memwatch.podindex import PodIndex
+from memwatch.policystatus import PolicyStatus
+from memwatch.policywatch import PolicyFeed
 from memwatch.settings import Settings
 from memwatch.sources import UsageSource, make_source
 from memwatch.sweep import Sweeper
-from memwatch.watcher import PodWatcher
+from memwatch.watcher import PodWatcher, Tee
 
 log = logging.getLogger("memwatch")
 
@@ -46,10 +48,14 @@ class Controller:
         self.index = PodIndex(settings.defaults, settings.protections.reason)
         scopes: list[str | None] = list(settings.namespaces) or [None]
         self.watchers = [PodWatcher(self.kube, self.index, ns, settings.label_selector) for ns in scopes]
+        # MemwatchPolicy/ClusterMemwatchPolicy: the index resolves pods with them (memwatch.policywatch).
+        self.policy_feed = PolicyFeed(self.kube, self.index, list(self.watchers), scopes)
+        self.policy_status = PolicyStatus(self.kube, self.index, self.policy_feed.policies, clock=clock)
         # memwatch's own Events, followed continuously: the initial LIST is the history a restart
         # needs, and every later action (another replica's, an agent's) is known as it happens.
         self.history = EventHistory(self.recorder)
-        self.watchers += [PodWatcher(self.kube, self.history, ns, field_selector=HISTORY_SELECTOR, resource="events")
+        self.watchers += [PodWatcher(self.kube, Tee(self.history, self.policy_status), ns,
+                                     field_selector=HISTORY_SELECTOR, resource="events")
                           for ns in scopes]
         self.agents = AgentTracker(settings.defer_to_agents)
         if settings.defer_to_agents != "none":
@@ -82,13 +88,13 @@ class Controller:
         """The fence before every write: still the leader, and the index still in sync."""
         if self.leader is not None and not self.leader.may_write():
             return False
-        return all(w.in_sync() for w in self.watchers)
+        return all(w.in_sync() for w in self.watchers) and self.policy_feed.current()
 
     def _may_act(self) -> bool:
         """Sweep only as the leader, while every watch is in sync and memwatch's history is known."""
         if self.leader is not None and not self.leader.is_leader():
             return False
-        if not all(w.in_sync() for w in self.watchers):
+        if not all(w.in_sync() for w in self.watchers) or not self.policy_feed.current():
             return False
         if self.first_sweep is None:
             self.first_sweep = time.monotonic() - self.started
@@ -100,17 +106,21 @@ class Controller:
 
     def start(self) -> None:
         self.metrics.serve(self.settings.metrics_port)
+        self.policy_feed.start()
         for w in self.watchers:
             w.start()
         if self.leader is not None:
             self.leader.start()
         self.sweeper.start()
+        self.policy_status.start(lambda: self._may_act() and self._may_write())
 
     def stop(self) -> None:
         """Stop sweeping, then release the Lease so a successor takes over at its next retry."""
         self.sweeper.stop()  # joins the sweep thread: no write can follow the lease's release
         if self.leader is not None:
             self.leader.stop()
+        self.policy_status.stop()
+        self.policy_feed.stop()
         for w in self.watchers:
             w.stop()
 

@@ -17,20 +17,28 @@ adds its kill rung on top.
 The enforcer holds no per-pod state: it performs one rung per call and returns an
 :class:`~memwatch.lifecycle.Outcome`; the caller's :class:`~memwatch.lifecycle.Lifecycle` decides
 when to try again. Right before every write it asks ``may_write`` (the leader's fence).
+
+Before the ladder, :meth:`Enforcer.hold` (also the node agent's, before a kill in place) keeps back an
+action on a pod younger than its ``min-pod-age``, and one on a workload whose restart budget
+(:mod:`memwatch.budget`) is spent. Every successful eviction, deletion or escalation counts against
+the budget; dry runs and refusals do not.
 """
 
 from __future__ import annotations
 
 import logging
-from collections import defaultdict, deque
+import threading
+from collections import OrderedDict, defaultdict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 from memwatch.clock import SYSTEM, Clock
 from memwatch.kube import Kube, WriteResult
 from memwatch.lifecycle import Outcome, Trigger
 from memwatch.observability import (
     REASON_BLOCKED,
+    REASON_BUDGET_EXHAUSTED,
     REASON_CAPPED,
     REASON_DELETED,
     REASON_DRY_RUN,
@@ -39,13 +47,16 @@ from memwatch.observability import (
     REASON_FAILED,
     ActionLine,
     Recorder,
+    event_message,
 )
 from memwatch.podindex import PodRecord
-from memwatch.policy import Action
+from memwatch.policy import Action, Policy, format_window
 
 log = logging.getLogger("memwatch.enforcer")
 
 WINDOW = 60.0  # the caps count writes over the last minute
+#: Pods remembered as held (restart budget, min-pod-age) so that each is logged once, not every retry.
+MAX_HELD = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +114,9 @@ class Enforcer:
         self.clock = clock
         self.may_write = may_write
         self.caps = RateCaps(settings.max_per_minute, settings.max_per_namespace_per_minute, clock.mono)
+        # Pods whose hold was logged already (the agent asks from two threads: its loop and its worker).
+        self._held: OrderedDict[tuple[str, str], None] = OrderedDict()
+        self._held_lock = threading.Lock()
 
     # -- the ladder ----------------------------------------------------------------------------
     def act(self, record: PodRecord, trigger: Trigger, *, escalate: bool = False,
@@ -116,6 +130,9 @@ class Enforcer:
         assert policy is not None, "only pods with a valid policy are acted on"
         if record.terminating:
             return Outcome("gone")  # someone else is already deleting it
+        young = self._too_young(record, policy)
+        if young is not None:
+            return young  # not even a dry-run report yet: memwatch would not act on it yet
         if self.settings.dry_run or policy.action is Action.DRY_RUN:
             verb = Action.EVICT if policy.action is Action.DRY_RUN else policy.action
             # A report, not an action: said once per pod (also across restarts, from the Events), and
@@ -125,6 +142,10 @@ class Enforcer:
                 self._emit(result, REASON_DRY_RUN, record, trigger, None,
                            "dry-run: nothing was written" + (" (--dry-run)" if self.settings.dry_run else ""))
             return Outcome(result)
+        deleting = policy.action is Action.DELETE or (escalate and blocked_for is not None)
+        spent = self._budget_spent(record, policy, trigger, "deleted" if deleting else "evicted")
+        if spent is not None:
+            return spent
         capped = self.caps.check(record.namespace)
         if capped:
             line = self._line("rate-limited", record, trigger, None, capped)
@@ -139,6 +160,84 @@ class Enforcer:
             return self._delete(record, trigger, "escalated", REASON_ESCALATED,
                                 f"eviction blocked by a PodDisruptionBudget for {blocked_for:.0f}s; deleting")
         return self._evict(record, trigger, blocked_for)
+
+    # -- holds: min-pod-age and the restart budget ------------------------------------------------
+    def hold(self, record: PodRecord, trigger: Trigger, planned: str,
+             post: Callable[[Callable[[], None]], object] | None = None) -> Outcome | None:
+        """Whether an action is held back now, before any write: the pod is younger than its
+        ``min-pod-age``, or its workload's restart budget is spent (then logged, counted and Evented
+        once per pod). :meth:`act` asks this itself; the node agent asks it before a kill in place.
+        ``planned``: what memwatch would do (``evicted``, ``killed container app``), for the messages.
+        ``post``: how to run the Event's API call (the agent's loop hands it to its worker thread)."""
+        policy = record.policy
+        assert policy is not None
+        return self._too_young(record, policy) or self._budget_spent(record, policy, trigger, planned, post)
+
+    def _first_hold(self, uid: str, kind: str) -> bool:
+        """True the first time this pod is held for ``kind`` (until :meth:`_release`)."""
+        with self._held_lock:
+            if (uid, kind) in self._held:
+                return False
+            self._held[(uid, kind)] = None
+            while len(self._held) > MAX_HELD:
+                self._held.popitem(last=False)
+            return True
+
+    def _release(self, uid: str, kind: str) -> None:
+        with self._held_lock:
+            self._held.pop((uid, kind), None)
+
+    def _too_young(self, record: PodRecord, policy: Policy) -> Outcome | None:
+        """A pod younger than its min-pod-age is not acted on yet (one log line, no Event)."""
+        if not policy.min_pod_age or record.started_at is None:
+            return None  # no grace, or no start time known: a running pod over its limit is acted on
+        age = self.clock.wall() - record.started_at
+        if age >= policy.min_pod_age:
+            return None
+        wait = policy.min_pod_age - age
+        if self._first_hold(record.uid, "young"):
+            log.info("not acting yet on pod=%s: it started %.0fs ago, min-pod-age is %s; judged again in %.0fs",
+                     record.key, max(age, 0.0), format_window(policy.min_pod_age), wait)
+        return Outcome("too-young", wait)
+
+    def _budget_spent(self, record: PodRecord, policy: Policy, trigger: Trigger, planned: str,
+                      post: Callable[[Callable[[], None]], object] | None = None) -> Outcome | None:
+        """The workload's restart budget is spent: one action line (``action=budget-exhausted``) and
+        one metric increment per pod each time it is held, and one Warning Event per pod, ever."""
+        budget, workload = policy.restart_budget, record.workload
+        if budget is None or not workload:
+            return None  # no budget (off), or a bare pod: each of its actions is its own
+        now = self.clock.wall()
+        state = self.recorder.budget.state(record.namespace, workload, budget, now)
+        if not state.spent:
+            self._release(record.uid, "budget")  # a later exhaustion is said again
+            return None
+        retry = None if state.frees_at is None else max(0.0, state.frees_at - now)
+        detail = f"would have {planned}; {state.describe(workload)}"
+        if not self._first_hold(record.uid, "budget"):
+            log.debug("still held pod=%s: %s", record.key, detail)
+            return Outcome("budget-exhausted", retry)
+        line = self._line("budget-exhausted", record, trigger, None, detail)
+        line.log(log, warning=True)
+        source = trigger.source or "-"
+        self.recorder.metrics.actions.labels("budget-exhausted", source).inc()
+        self.recorder.metrics.budget_exhausted.labels(source).inc()
+        if not self.recorder.already(record.uid, [REASON_BUDGET_EXHAUSTED]):  # also across restarts
+            self.recorder.remember(record.uid, REASON_BUDGET_EXHAUSTED)
+            job = partial(self.recorder.event, record, REASON_BUDGET_EXHAUSTED, event_message(line), True,
+                          related=True)
+            if post is None:
+                job()
+            else:
+                post(job)
+        return Outcome("budget-exhausted", retry)
+
+    def counted(self, record: PodRecord, at: float) -> str | None:
+        """A successful action at ``at``: count it against the workload's restart budget. Returns the
+        name its Event must be posted under (None for a bare pod)."""
+        self._release(record.uid, "budget")
+        self._release(record.uid, "young")
+        return self.recorder.count(record, at)
 
     def node_pressure(self, namespace: str, name: str, uid: str, verb: str, grace: int) -> WriteResult:
         """The node guard's one write (:mod:`memwatch.nodeguard`): an eviction (``evict``) or a delete
@@ -209,7 +308,7 @@ class Enforcer:
 
     def _done(self, record: PodRecord, trigger: Trigger, result: str, reason: str, now: float,
               detail: str = "") -> Outcome:
-        self._emit(result, reason, record, trigger, now, detail)
+        self._emit(result, reason, record, trigger, now, detail, counted=self.counted(record, now))
         return Outcome(result)
 
     def _gone(self, record: PodRecord, res: WriteResult) -> Outcome:
@@ -239,9 +338,9 @@ class Enforcer:
             detected_at=trigger.detected_at, crossed_at=trigger.crossed_at, acted_at=acted_at, detail=detail)
 
     def _emit(self, result: str, reason: str, record: PodRecord, trigger: Trigger, acted_at: float | None,
-              detail: str = "", warning: bool = False, once: bool = False) -> None:
+              detail: str = "", warning: bool = False, once: bool = False, counted: str | None = None) -> None:
         line = self._line(result, record, trigger, acted_at, detail)
-        self.recorder.action(line, reason, warning=warning, once=once)
+        self.recorder.action(line, reason, warning=warning, once=once, counted=counted)
         if line.latency is not None:
             self.recorder.metrics.latency.labels(result, trigger.source).observe(max(0.0, line.latency))
 

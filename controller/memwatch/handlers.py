@@ -37,6 +37,10 @@ def startup(settings: kopf.OperatorSettings, memo: Any, logger: logging.Logger |
     settings.scanning.disabled = True  # no namespace/CRD scanning: memwatch watches pods itself
     settings.peering.standalone = True  # HA is memwatch's Lease (--leader-elect), not kopf peering
     settings.networking.error_backoffs = RetryForever()  # keep running through API outages
+    if memo.get("policy_handlers"):  # memwatch run: kopf validates the policies (memwatch.policyhandlers)
+        from memwatch import policyhandlers
+
+        policyhandlers.configure(settings)
     engine: Controller | Any = memo["engine"]
     engine.start()
     logger.info("memwatch started")

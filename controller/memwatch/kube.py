@@ -314,7 +314,8 @@ class Kube:
 
     def watch(self, path: str, resource_version: str, query: Mapping[str, Any] | None = None,
               timeout_seconds: int = 300, silence: float = 120.0,
-              on_connect: Callable[[], None] | None = None) -> Iterator[dict[str, Any]]:
+              on_connect: Callable[[], None] | None = None,
+              hold: Callable[[Any], None] | None = None) -> Iterator[dict[str, Any]]:
         """WATCH from ``resource_version`` with bookmarks; yields decoded watch events.
 
         Raises :class:`Gone` when the version expired or is too large (also when that arrives as
@@ -333,6 +334,8 @@ class Kube:
             raise
         if on_connect is not None:
             on_connect()
+        if hold is not None:
+            hold(resp)  # the caller may end the stream from another thread (resp.shutdown())
         buffer = b""
         try:
             for chunk in self._chunks(resp):
@@ -353,6 +356,8 @@ class Kube:
                         raise ApiError(code, status.get("reason", "watch error"), status.get("message", ""))
                     yield event
         finally:
+            if hold is not None:
+                hold(None)
             resp.release_conn()
 
     @staticmethod
@@ -404,6 +409,10 @@ class Kube:
         if grace_period is not None:
             body["gracePeriodSeconds"] = grace_period
         return self._write("DELETE", f"/api/v1/namespaces/{quote(namespace)}/pods/{quote(name)}", body)
+
+    def merge_patch(self, path: str, body: Mapping[str, Any]) -> WriteResult:
+        """A JSON merge patch (callers: memwatch.policystatus, on the policies' status subresource)."""
+        return self._write("PATCH", path, body, content_type="application/merge-patch+json")
 
     def create_event(self, namespace: str, body: Mapping[str, Any]) -> WriteResult:
         return self._write("POST", f"/api/v1/namespaces/{quote(namespace)}/events", body)

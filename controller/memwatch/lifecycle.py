@@ -2,7 +2,8 @@
 
     IDLE ──over a limit──▶ BREACHING ──for: elapsed──▶ act ──in effect──▶ DONE
       ▲                        │                        │
-      └──under every limit─────┴───── PENDING ◀─────────┘ blocked (PDB), failed, throttled, held by a cap
+      └──under every limit─────┴───── PENDING ◀─────────┘ blocked (PDB), failed, throttled, held by a cap,
+                                         │  the restart budget or min-pod-age (HELD)
                                          │  retried at ``next_attempt`` on the *current* record
                                          └──under every limit: cancelled (back to IDLE)
 
@@ -26,6 +27,9 @@ from memwatch.policy import Breach, Policy, Usage, breaches
 
 #: Results that end a pod's lifecycle: memwatch never acts on that UID again.
 FINAL = frozenset({"evicted", "deleted", "escalated", "killed", "gone", "already"})
+#: Results that hold an action back without writing (the workload's restart budget is spent, the pod
+#: is younger than its min-pod-age): judged again at ``retry_after`` (at most ``retry_max`` later).
+HELD = frozenset({"budget-exhausted", "too-young"})
 
 
 class Phase(enum.StrEnum):
@@ -62,7 +66,7 @@ class Outcome:
     """What one attempt to act achieved (from the enforcer or the kill rung)."""
 
     result: str  # evicted, deleted, escalated, killed, gone, blocked, throttled, failed, rate-limited,
-    #              would-<verb>, not-leader, waiting
+    #              would-<verb>, not-leader, waiting, budget-exhausted, too-young
     retry_after: float | None = None  # seconds, when the server said (Retry-After)
 
 
@@ -247,6 +251,12 @@ class Lifecycle:
         elif r == "failed":
             life.failures += 1
             life.next_attempt = now + (retry.retry_min if life.failures == 1 else retry.retry_max)
+        elif r in HELD:
+            # Nothing written: look again when a budget slot frees or the pod is old enough, and at
+            # least every retry_max (a raised budget or a changed policy counts soon).
+            life.failures = 0
+            wait = outcome.retry_after if outcome.retry_after is not None else retry.retry_max
+            life.next_attempt = now + min(max(wait, retry.retry_min), retry.retry_max)
         else:  # rate-limited (a cap holds it back) and anything new: back off
             life.failures = 0
             life.next_attempt = now + retry.retry_max

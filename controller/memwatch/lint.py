@@ -1,10 +1,15 @@
-"""`memwatch lint`: validate memwatch annotations in Kubernetes manifests, for users' own CI.
+"""`memwatch lint`: validate memwatch annotations and policies in Kubernetes manifests, for users' own CI.
 
 Reads Pods and the pod templates of Deployments, StatefulSets, DaemonSets, ReplicaSets, Jobs and
 CronJobs, also inside API lists (`kind: List`, `DeploymentList`, any kind ending in `List` with
 `items`), in multi-document YAML or JSON. Prints the resolved policy of each annotated pod or
 template, or a precise error naming the file, object, annotation and value. Uses the same
 :func:`memwatch.policy.resolve` as the controller and the agent, so lint and runtime agree.
+
+MemwatchPolicy and ClusterMemwatchPolicy objects are checked with
+:func:`memwatch.policyset.parse_policy`, the controller's own parser: each problem is printed in the
+words of the policy's ``Ready`` condition, and a value Kubernetes would type differently from the
+schema (an unquoted ``1e9`` where a string is wanted) is an error too.
 
 Hostile or huge input is read in bounded time and memory:
 
@@ -35,6 +40,7 @@ import yaml
 
 from memwatch.podindex import template_policy
 from memwatch.policy import PREFIX, InvalidPolicy, is_watched
+from memwatch.policyset import CLUSTER, FIELDS, NAMESPACED, PolicyObject, parse_policy
 from memwatch.quantity import SHOWN_CHARS
 
 TEMPLATE_KINDS = {"Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job", "ReplicationController"}
@@ -362,6 +368,60 @@ def type_name(value: Any) -> str | None:
     return type(value).__name__
 
 
+_TRUE_WORDS = frozenset(["y", "Y", "yes", "Yes", "YES", "true", "True", "TRUE", "on", "On", "ON"])
+
+
+def typed(value: NonString) -> Any:
+    """The JSON value Kubernetes makes of a :class:`NonString` (``30`` → 30, ``yes`` → True, ``~`` →
+    None); its text when it is none of those (an unknown tag)."""
+    if value.type == "null":
+        return None
+    if value.type == "a boolean":
+        return value.text in _TRUE_WORDS or value.text.lower() == "true"
+    if value.type == "a number":
+        text = value.text.replace("_", "")
+        match = _GO_INT.fullmatch(text)
+        if match and len(text) < 80:
+            hexa, octal, binary, zero_octal, decimal = match.groups()
+            digits, base = next((d, b) for d, b in ((hexa, 16), (octal, 8), (binary, 2), (zero_octal, 8),
+                                                    (decimal, 10)) if d is not None)
+            return -int(digits, base) if text[0] == "-" else int(digits, base)
+        try:
+            return float(text.lower().replace(".inf", "inf").replace(".nan", "nan"))
+        except ValueError:
+            return value.text
+    return value.text
+
+
+def plain(value: Any) -> Any:
+    """A loaded document with every :class:`NonString` replaced by its JSON value (:func:`typed`), as
+    the API server will store it. Without recursion, and an aliased object is converted once and
+    shared, never expanded."""
+    memo: dict[int, Any] = {}
+    pending: list[tuple[Any, Any]] = []
+
+    def convert(item: Any) -> Any:
+        if type(item) is NonString:
+            return typed(item)
+        if type(item) is dict or type(item) is list:
+            done = memo.get(id(item))
+            if done is None:
+                done = memo[id(item)] = {} if type(item) is dict else []
+                pending.append((item, done))
+            return done
+        return item
+
+    out = convert(value)
+    while pending:
+        source, target = pending.pop()
+        if type(source) is dict:
+            for key, item in source.items():
+                target[key] = convert(item)
+        else:
+            target.extend(convert(item) for item in source)
+    return out
+
+
 def _clip(text: str, limit: int = SHOWN_CHARS) -> str:
     return text if len(text) <= limit else text[:limit] + f"… ({len(text)} characters)"
 
@@ -496,8 +556,98 @@ def lint_object(doc: Any, emit: _Output) -> tuple[int, int]:
     return found, errors
 
 
-def lint_stream(name: str, stream: Iterable[str], out: TextIO) -> tuple[int, int]:
-    """Lint one file, one document at a time. Returns (annotated templates found, errors)."""
+POLICY_KINDS = (NAMESPACED, CLUSTER)
+#: Policy spec fields the schema types as integers or booleans; every other one (and each
+#: ``containers`` value, each ``matchLabels`` value) is a string.
+_NOT_STRINGS = frozenset({"gracePeriod", "priority", "escalate", "predict"})
+
+
+def objects(doc: Any) -> Iterator[Mapping[str, Any]]:
+    """Every Kubernetes object in a document, inside API lists too (without recursion)."""
+    pending: list[Any] = [doc]
+    while pending:
+        item = pending.pop()
+        if not isinstance(item, Mapping) or not isinstance(item.get("kind"), str):
+            continue
+        if item["kind"].endswith("List") and isinstance(item.get("items"), list):
+            pending.extend(reversed(item["items"]))
+        else:
+            yield item
+
+
+def policy_summary(policy: PolicyObject) -> str:
+    """One line: what a valid policy selects and sets (spec field names, as written in it)."""
+    settings = dict(policy.settings)
+    containers = [f"containers.{key[len(PREFIX + 'limit.'):]}={value}" for key, value in policy.settings
+                  if key.startswith(PREFIX + "limit.")]
+    sets = []
+    for spec_field, key in FIELDS.items():  # in the order of the spec: limit, containers, limitOf, action, ...
+        if key in settings:
+            sets.append(f"{spec_field}={settings[key]}")
+        if spec_field == "limit":
+            sets += containers
+    where = f"pods {policy.pod_selector}"
+    if policy.kind == CLUSTER:
+        where += f" in namespaces {policy.namespace_selector}"
+    elif policy.namespace:
+        where += f" in namespace {policy.namespace}"
+    return f"selects {where}; priority {policy.priority}; sets " + " ".join(sets)
+
+
+def _quoted(spec: Mapping[str, Any]) -> tuple[dict[str, Any], list[tuple[str, NonString]]]:
+    """The spec with each value the schema wants as a string, and YAML typed otherwise (an unquoted
+    ``1e9``, ``true``), taken as the string meant; and (where, value) of each of those. A null is no
+    error: the API server drops it (the field is then unset)."""
+    wrong: list[tuple[str, NonString]] = []
+
+    def fix(where: str, values: Mapping[str, Any], keys: Iterable[Any]) -> dict[Any, Any]:
+        out = dict(values)
+        for key in keys:
+            value = values[key]
+            if isinstance(value, NonString) and value.type != "null":
+                wrong.append((f"{where}{_clip(str(key))}", value))
+                out[key] = value.text
+        return out
+
+    fixed = fix("spec.", spec, [k for k in spec if k in FIELDS and k not in _NOT_STRINGS])
+    containers = spec.get("containers")
+    if isinstance(containers, Mapping):
+        fixed["containers"] = fix("spec.containers.", containers, list(containers))
+    for selector in ("podSelector", "namespaceSelector"):
+        sel = spec.get(selector)
+        if isinstance(sel, Mapping) and isinstance(sel.get("matchLabels"), Mapping):
+            labels = sel["matchLabels"]
+            fixed[selector] = {**sel, "matchLabels": fix(f"spec.{selector}.matchLabels.", labels, list(labels))}
+    return fixed, wrong
+
+
+def lint_policy(obj: Mapping[str, Any], emit: _Output) -> int:
+    """Lint one MemwatchPolicy or ClusterMemwatchPolicy. Returns the number of errors."""
+    kind = str(obj.get("kind"))
+    label = f"{_clip(kind)}/{_shown_value(_map(obj.get('metadata')).get('name', '?'))}"
+    errors = 0
+    spec = obj.get("spec")
+    if isinstance(spec, Mapping):
+        spec, wrong = _quoted(spec)
+        for where, value in wrong:
+            emit.line(f"{label}: error: {where}: {_shown_value(value)}: Kubernetes reads this as {value.type}, "
+                      f"and the policy's schema wants a string; quote it: \"{_shown_value(value)}\"")
+            errors += 1
+        obj = {**obj, "spec": spec}
+    policy = parse_policy(plain(obj))  # the values as the API server stores them
+    for problem in policy.problems:
+        emit.line(f"{label}: error: {problem}")
+        errors += 1
+    if not errors:
+        emit.line(f"{label}: ok: {policy_summary(policy)}")
+        if not policy.gives_limit:
+            emit.line(f"{label}: warning: it sets no limit, so it only changes pods that a limit already watches")
+    return errors
+
+
+def lint_stream(name: str, stream: Iterable[str], out: TextIO, counts: dict[str, int] | None = None) -> tuple[int, int]:
+    """Lint one file, one document at a time. Returns (annotated templates found, errors);
+    ``counts["policies"]`` counts the policy objects."""
     emit = _Output(out, name)
     found = errors = 0
     for first_line, text in documents(stream):
@@ -508,6 +658,11 @@ def lint_stream(name: str, stream: Iterable[str], out: TextIO) -> tuple[int, int
                 f, e = lint_object(doc, emit)
                 found += f
                 errors += e
+                for obj in objects(doc):
+                    if obj["kind"] in POLICY_KINDS:
+                        errors += lint_policy(obj, emit)
+                        if counts is not None:
+                            counts["policies"] = counts.get("policies", 0) + 1
         except Refused as exc:
             emit.line(f"error: document at line {first_line}: {exc}")
             errors += 1
@@ -527,17 +682,18 @@ def _yaml_problem(exc: yaml.YAMLError, first_line: int) -> str:
 
 
 def main(paths: list[str], out: TextIO = sys.stdout) -> int:
-    """Exit code 0 when every annotation in every file is valid, 1 otherwise."""
+    """Exit code 0 when every annotation and policy in every file is valid, 1 otherwise."""
     total = errors = 0
+    counts: dict[str, int] = {}
     for path in paths:
         try:
             if path == "-":
                 stdin = getattr(sys.stdin, "buffer", None)
                 text = sys.stdin if stdin is None else io.TextIOWrapper(stdin, encoding="utf-8-sig")
-                found, bad = lint_stream("<stdin>", text, out)
+                found, bad = lint_stream("<stdin>", text, out, counts)
             else:
                 with open(path, encoding="utf-8-sig") as fh:
-                    found, bad = lint_stream(path, fh, out)
+                    found, bad = lint_stream(path, fh, out, counts)
         except UnicodeDecodeError as exc:
             print(f"{path}: error: not UTF-8 text: {exc}", file=out)
             errors += 1
@@ -548,5 +704,6 @@ def main(paths: list[str], out: TextIO = sys.stdout) -> int:
             continue
         total += found
         errors += bad
-    print(f"memwatch lint: {total} annotated pod template(s), {errors} error(s)", file=out)
+    policies = f"{counts['policies']} policy object(s), " if counts.get("policies") else ""
+    print(f"memwatch lint: {total} annotated pod template(s), {policies}{errors} error(s)", file=out)
     return 1 if errors else 0

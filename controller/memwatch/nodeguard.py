@@ -52,8 +52,9 @@ from memwatch.nodesignals import NodeSignalReader, NodeSignals, pod_working_set
 from memwatch.observability import COMPONENT
 from memwatch.podindex import PodRecord
 from memwatch.policy import KEY_NODE_PRESSURE, NODE_PRESSURE_VALUES
+from memwatch.policyset import EMPTY, PolicySet
 from memwatch.quantity import QuantityError, format_bytes, parse_bytes
-from memwatch.watcher import ACTIVE_PODS, PodWatcher
+from memwatch.watcher import ACTIVE_PODS, PodWatcher, Tee
 
 if TYPE_CHECKING:
     from memwatch.agent import Agent
@@ -192,8 +193,10 @@ class NodePod:
         return f"{self.namespace}/{self.name}"
 
 
-def node_pod(pod: Mapping[str, Any], protect: Callable[[Mapping[str, Any]], str | None]) -> NodePod | None:
-    """A raw pod (API JSON) as a :class:`NodePod`; None for a finished pod."""
+def node_pod(pod: Mapping[str, Any], protect: Callable[[Mapping[str, Any]], str | None],
+             policies: PolicySet = EMPTY) -> NodePod | None:
+    """A raw pod (API JSON) as a :class:`NodePod`; None for a finished pod. Its ``node-pressure``
+    choice is the annotation's, else the policies' (``nodePressure``; :mod:`memwatch.policyset`)."""
     meta = pod.get("metadata") or {}
     spec = pod.get("spec") or {}
     status = pod.get("status") or {}
@@ -208,7 +211,11 @@ def node_pod(pod: Mapping[str, Any], protect: Callable[[Mapping[str, Any]], str 
         if text is not None:
             with contextlib.suppress(QuantityError):
                 requests += parse_bytes(str(text))
-    raw = (meta.get("annotations") or {}).get(KEY_NODE_PRESSURE)
+    annotations = meta.get("annotations") or {}
+    raw = annotations.get(KEY_NODE_PRESSURE)
+    if raw is None and policies:
+        raw = policies.effective(str(meta.get("namespace", "")), meta.get("labels"),
+                                 annotations).annotations.get(KEY_NODE_PRESSURE)
     choice: str | None = None
     if raw is not None:
         choice = str(raw).strip().lower()
@@ -229,13 +236,14 @@ class NodePods:
 
     def __init__(self, protect: Callable[[Mapping[str, Any]], str | None]) -> None:
         self.protect = protect
+        self.policies: PolicySet = EMPTY  # set by the agent's policy feed (memwatch.policywatch)
         self.pods: dict[str, NodePod] = {}
 
     def __len__(self) -> int:
         return len(self.pods)
 
     def upsert(self, obj: Mapping[str, Any]) -> None:
-        rec = node_pod(obj, self.protect)
+        rec = node_pod(obj, self.protect, self.policies)
         uid = str((obj.get("metadata") or {}).get("uid", ""))
         if rec is None:
             self.pods.pop(uid, None)
@@ -246,36 +254,14 @@ class NodePods:
         self.pods.pop(str((obj.get("metadata") or {}).get("uid", "")), None)
 
     def replace(self, objs: Iterable[Mapping[str, Any]], scope: Callable[[Any], bool]) -> None:
-        fresh = {r.uid: r for o in objs if (r := node_pod(o, self.protect)) is not None}
+        policies = self.policies
+        fresh = {r.uid: r for o in objs if (r := node_pod(o, self.protect, policies)) is not None}
         for uid in [u for u, r in self.pods.items() if scope(r) and u not in fresh]:
             del self.pods[uid]
         self.pods.update(fresh)
 
     def snapshot(self) -> list[NodePod]:
         return list(self.pods.values())  # dict copy under the GIL: safe against the watch thread
-
-
-class Tee:
-    """Feeds one watch to two sinks: the agent's :class:`~memwatch.podindex.PodIndex` and :class:`NodePods`."""
-
-    def __init__(self, first: Any, second: NodePods) -> None:
-        self.first, self.second = first, second
-
-    def __len__(self) -> int:
-        return len(self.first)
-
-    def upsert(self, obj: Mapping[str, Any]) -> None:
-        self.first.upsert(obj)
-        self.second.upsert(obj)
-
-    def remove(self, obj: Mapping[str, Any]) -> None:
-        self.first.remove(obj)
-        self.second.remove(obj)
-
-    def replace(self, objs: Iterable[Mapping[str, Any]], scope: Callable[[Any], bool]) -> None:
-        items = list(objs)
-        self.first.replace(items, scope)
-        self.second.replace(items, scope)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -447,8 +433,9 @@ class NodeGuard:
             return None
         guard = cls(agent, cfg)
         s = agent.settings
-        if agent.watchers and not s.label_selector:
-            for w in agent.watchers:
+        pod_watchers = [w for w in agent.watchers if w.resource == "pods"]
+        if pod_watchers and not s.label_selector:
+            for w in pod_watchers:
                 w.index = Tee(w.index, guard.pods)
         elif agent.watchers and agent.kube is not None:
             field_selector = f"spec.nodeName={agent.node},{ACTIVE_PODS}"

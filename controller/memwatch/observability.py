@@ -18,6 +18,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
+from memwatch.budget import BudgetBook, reference
 from memwatch.kube import Kube
 from memwatch.logformat import ActionFields, log_action
 from memwatch.podindex import PodRecord
@@ -42,13 +43,21 @@ REASON_KILLED = "MemwatchKilled"
 REASON_FAILED = "MemwatchActionFailed"
 REASON_CAPPED = "MemwatchRateLimited"
 REASON_KILL_UNAVAILABLE = "MemwatchKillUnavailable"
+#: Two policies at one level set one field of a pod differently (memwatch.policyset): once per pod.
+REASON_POLICY_CONFLICT = "MemwatchPolicyConflict"
+#: The workload's restart budget is spent: memwatch does not act on the pod (once per pod).
+REASON_BUDGET_EXHAUSTED = "MemwatchBudgetExhausted"
 ALL_REASONS = (REASON_EVICTED, REASON_DELETED, REASON_DRY_RUN, REASON_BLOCKED, REASON_ESCALATED,
                REASON_PROTECTED, REASON_INVALID, REASON_WARNING, REASON_KILLED, REASON_FAILED, REASON_CAPPED,
-               REASON_KILL_UNAVAILABLE)
+               REASON_KILL_UNAVAILABLE, REASON_POLICY_CONFLICT, REASON_BUDGET_EXHAUSTED)
 #: Reasons that mean "memwatch already acted on this pod": after a restart (or when the other
 #: component did it) it must not act again. A kill in place is not one: it ends one container
 #: instance, the pod goes on, and a later breach of the restarted container is a new one.
 ACTED_REASONS = frozenset({REASON_EVICTED, REASON_DELETED, REASON_ESCALATED})
+#: Reasons of the Events that count against a workload's restart budget (:mod:`memwatch.budget`), when
+#: they name the workload in ``related``: the acted ones, and a kill in place that was the pod's action
+#: (``memwatch.io/action: restart``; the agent's last-resort kill names no workload and never counts).
+BUDGET_REASONS = ACTED_REASONS | {REASON_KILLED}
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
@@ -77,6 +86,10 @@ class Metrics:
         self.source_errors = Counter("memwatch_source_errors_total", "Sweeps whose usage read failed.",
                                      ["source"], registry=r)
         self.leader = Gauge("memwatch_leader", "1 when this replica is the one that acts.", registry=r)
+        self.budget_exhausted = Counter(
+            "memwatch_budget_exhausted_total",
+            "Pods over their limit not acted on because their workload's restart budget was spent "
+            "(once per pod each time it is held), by source.", ["source"], registry=r)
 
     def serve(self, port: int) -> None:
         """Expose /metrics on ``port`` (0: do not serve)."""
@@ -150,6 +163,8 @@ class Recorder:
         #: When a pod's eviction was first refused, from Events already on the cluster: so the
         #: escalation deadline survives a controller restart.
         self.blocked_since: dict[str, float] = {}
+        #: memwatch's actions per workload (the restart budget), from this process and from the Events.
+        self.budget = BudgetBook()
 
     # -- memory of what was already said -----------------------------------------------------
     def remember(self, uid: str, reason: str) -> None:
@@ -190,24 +205,43 @@ class Recorder:
         first = parse_time(ev.get("firstTimestamp") or ev.get("eventTime"))
         if reason == REASON_BLOCKED and first is not None:
             self.blocked_since[str(uid)] = min(first, self.blocked_since.get(str(uid), first))
+        if reason in BUDGET_REASONS:
+            self.budget.learn(ev)
         return 1
 
+    def count(self, record: PodRecord, at: float) -> str | None:
+        """Count a successful action at ``at`` (epoch) against the restart budget of the pod's workload
+        (a bare pod has none: None). Returns the name to post its Event under: that Event, read back
+        from the cluster (or by another replica that counted it already), is not counted twice."""
+        if not record.workload:
+            return None
+        name = event_name(record)
+        self.budget.record(record.namespace, record.workload, at, f"{record.namespace}/{name}")
+        return name
+
     # -- output ------------------------------------------------------------------------------
-    def action(self, line: ActionLine, reason: str, warning: bool = False, once: bool = False) -> None:
-        """Log the line, count it, and post the Event (once per pod and reason if ``once``)."""
+    def action(self, line: ActionLine, reason: str, warning: bool = False, once: bool = False,
+               counted: str | None = None) -> None:
+        """Log the line, count it, and post the Event (once per pod and reason if ``once``).
+        ``counted``: the Event name :meth:`count` gave the action (it then names the workload)."""
         if once and self.already(line.record.uid, [reason]):
             return
         line.log(log, warning)
         self.metrics.actions.labels(line.result, line.source or "-").inc()
         message = event_message(line)
-        self.event(line.record, reason, message, warning)
+        self.event(line.record, reason, message, warning, name=counted, related=counted is not None,
+                   at=line.acted_at if counted else None)
         self.remember(line.record.uid, reason)
 
-    def event(self, record: PodRecord, reason: str, message: str, warning: bool = False) -> None:
-        """Post an Event on the pod. A failure is logged, never raised: it must not stop a sweep."""
+    def event(self, record: PodRecord, reason: str, message: str, warning: bool = False, *,
+              name: str | None = None, related: bool = False, at: float | None = None) -> None:
+        """Post an Event on the pod. A failure is logged, never raised: it must not stop a sweep.
+        ``related``: name the pod's workload in the Event (the restart budget counts an acted Event
+        that does); ``name`` and ``at``: the Event's name and time (default: a new name, now)."""
         if self.kube is None:
             return
-        body = build_event(record, reason, message, warning, self.host)
+        body = build_event(record, reason, message, warning, self.host, name=name,
+                           related=record.workload if related else None, at=at)
         result = self.kube.create_event(record.namespace, body)
         if not result.ok:
             log.warning("event not posted: pod=%s reason=%s: %s", record.key, reason, result.message)
@@ -223,6 +257,15 @@ class Recorder:
         self.metrics.actions.labels("invalid", "-").inc()
         self.event(record, REASON_INVALID, f"memwatch will not act on this pod: {problems}"[:1024], True)
         self.remember(record.uid, REASON_INVALID)
+
+    def conflicts(self, record: PodRecord) -> None:
+        """Report, once per pod, policies that disagree on a field, naming the one that wins."""
+        if not record.conflicts or self.already(record.uid, [REASON_POLICY_CONFLICT]):
+            return
+        text = "; ".join(record.conflicts)
+        log.warning("policy conflict pod=%s: %s", record.key, text)
+        self.event(record, REASON_POLICY_CONFLICT, f"memwatch policies disagree: {text}"[:1024], True)
+        self.remember(record.uid, REASON_POLICY_CONFLICT)
 
     def warnings(self, record: PodRecord) -> None:
         """Report annotation warnings (typos, limits equal to the hard limit) once."""
@@ -249,6 +292,7 @@ def event_message(line: ActionLine) -> str:
         "rate-limited": "Held back by the eviction rate cap",
         "protected": "Not acted on: protected",
         "kill-unavailable": "Cannot kill in place here; evicting instead",
+        "budget-exhausted": "Not acted on: the workload's restart budget is spent",
     }
     head = parts.get(line.result, line.result)
     text = head
@@ -263,13 +307,21 @@ def event_message(line: ActionLine) -> str:
     return text[:1024]
 
 
-def build_event(record: PodRecord, reason: str, message: str, warning: bool, host: str = "") -> dict[str, Any]:
-    """A core/v1 Event on the pod (pure: tested without a cluster)."""
-    now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    return {
+def event_name(record: PodRecord) -> str:
+    """A new, unique name for an Event on the pod."""
+    return f"{record.name}.memwatch.{uuid.uuid4().hex[:12]}"
+
+
+def build_event(record: PodRecord, reason: str, message: str, warning: bool, host: str = "", *,
+                name: str | None = None, related: str | None = None, at: float | None = None) -> dict[str, Any]:
+    """A core/v1 Event on the pod (pure: tested without a cluster). ``related``: a workload
+    (``Deployment/web``) named in the Event's ``related`` ObjectReference (core/v1 has it since 1.10)."""
+    when = datetime.now(UTC) if at is None else datetime.fromtimestamp(at, UTC)
+    now = when.strftime("%Y-%m-%dT%H:%M:%SZ")
+    body: dict[str, Any] = {
         "apiVersion": "v1",
         "kind": "Event",
-        "metadata": {"name": f"{record.name}.memwatch.{uuid.uuid4().hex[:12]}", "namespace": record.namespace},
+        "metadata": {"name": name or event_name(record), "namespace": record.namespace},
         "involvedObject": {"apiVersion": "v1", "kind": "Pod", "namespace": record.namespace,
                            "name": record.name, "uid": record.uid},
         "reason": reason,
@@ -282,3 +334,6 @@ def build_event(record: PodRecord, reason: str, message: str, warning: bool, hos
         "reportingComponent": COMPONENT,
         "reportingInstance": host or COMPONENT,
     }
+    if related:
+        body["related"] = reference(record.namespace, related)
+    return body

@@ -13,7 +13,9 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from memwatch.budget import workload_of
 from memwatch.policy import ContainerSpec, Defaults, InvalidPolicy, Policy, Problem, is_watched, resolve
+from memwatch.policyset import EMPTY, PolicySet
 from memwatch.quantity import QuantityError, parse_bytes, parse_time
 
 #: kubelet marks mirror pods (the API shadow of a static pod) with this annotation.
@@ -44,6 +46,9 @@ class PodRecord:
     started_at: float | None = None  # status.startTime, epoch seconds (None: not started, or unknown)
     containers_started: tuple[tuple[str, float], ...] = ()  # (name, running.startedAt) of running containers
     has_init: bool = False  # init containers that run before the others (not native sidecars)
+    workload: str | None = None  # the controlling owner, ``Kind/name`` (:func:`memwatch.budget.workload_of`)
+    policies: tuple[str, ...] = ()  # the MemwatchPolicy/ClusterMemwatchPolicy refs that select the pod
+    conflicts: tuple[str, ...] = ()  # policies at one level disagreeing on a field (who won)
 
     @property
     def key(self) -> str:
@@ -62,18 +67,22 @@ def _running_containers(spec: Mapping[str, Any]) -> Iterable[Mapping[str, Any]]:
             yield c
 
 
+def _memory(resources: Any, which: str) -> int | None:
+    """``resources.<which>.memory`` in bytes; None when unset (or, leniently, unparsable: the API
+    server validated it, and memwatch would rather not watch than crash)."""
+    text = (((resources or {}).get(which) or {}) if isinstance(resources, Mapping) else {}).get("memory")
+    if text is None:
+        return None
+    try:
+        return parse_bytes(str(text))
+    except QuantityError:
+        return None
+
+
 def _container_specs(spec: Mapping[str, Any]) -> tuple[ContainerSpec, ...]:
-    out = []
-    for c in _running_containers(spec):
-        limit_text = ((c.get("resources") or {}).get("limits") or {}).get("memory")
-        hard: int | None = None
-        if limit_text is not None:
-            try:
-                hard = parse_bytes(str(limit_text))
-            except QuantityError:
-                hard = None  # the API server validated it; be lenient rather than crash
-        out.append(ContainerSpec(str(c.get("name", "")), hard))
-    return tuple(out)
+    return tuple(ContainerSpec(str(c.get("name", "")), _memory(c.get("resources"), "limits"),
+                               _memory(c.get("resources"), "requests"))
+                 for c in _running_containers(spec))
 
 
 def template_policy(meta: Mapping[str, Any], spec: Mapping[str, Any],
@@ -83,11 +92,20 @@ def template_policy(meta: Mapping[str, Any], spec: Mapping[str, Any],
 
 
 def build_record(pod: Mapping[str, Any], defaults: Defaults,
-                 protect: Callable[[Mapping[str, Any]], str | None]) -> PodRecord | None:
-    """Turn a raw pod (JSON dict from the API) into a record, or None if it is not watched."""
+                 protect: Callable[[Mapping[str, Any]], str | None],
+                 policies: PolicySet = EMPTY) -> PodRecord | None:
+    """Turn a raw pod (JSON dict from the API) into a record, or None if it is not watched.
+
+    A pod is watched when it carries ``memwatch.io/`` annotations, or when a policy gives it a
+    limit (:mod:`memwatch.policyset`). A pod that only a policy selects, and that the policy cannot
+    apply to (a percentage limit on a pod without memory limits), is not watched: no Event on it
+    (a cluster-wide policy would otherwise flag every such pod); ``memwatch explain`` says why."""
     meta = pod.get("metadata") or {}
     annotations = meta.get("annotations") or {}
-    if not is_watched(annotations):
+    if not policies and not is_watched(annotations):
+        return None  # the common case, kept cheap: no policies, no annotations
+    effective = policies.effective(str(meta.get("namespace", "")), meta.get("labels"), annotations)
+    if not effective.watched:
         return None
     spec = pod.get("spec") or {}
     status = pod.get("status") or {}
@@ -95,9 +113,11 @@ def build_record(pod: Mapping[str, Any], defaults: Defaults,
     policy: Policy | None = None
     problems: tuple[Problem, ...] = ()
     try:
-        policy = resolve(annotations, containers, defaults)
+        policy = resolve(effective.annotations, containers, defaults)
         warnings = policy.warnings
     except InvalidPolicy as exc:
+        if effective.by_policy_only:
+            return None
         problems, warnings = exc.problems, exc.warnings
     names = {c.name for c in containers}
     statuses = [*(status.get("initContainerStatuses") or ()), *(status.get("containerStatuses") or ())]
@@ -121,6 +141,9 @@ def build_record(pod: Mapping[str, Any], defaults: Defaults,
         containers_started=_containers_started(status),
         has_init=any(isinstance(c, Mapping) and c.get("restartPolicy") != "Always"
                      for c in spec.get("initContainers") or ()),
+        workload=workload_of(pod),
+        policies=effective.policies,
+        conflicts=tuple(str(c) for c in effective.conflicts),
     )
 
 
@@ -145,6 +168,8 @@ class PodIndex:
     def __init__(self, defaults: Defaults, protect: Callable[[Mapping[str, Any]], str | None]) -> None:
         self._defaults = defaults
         self._protect = protect
+        #: The policies every record is resolved with; swapped whole (then the watchers re-list).
+        self.policies: PolicySet = EMPTY
         self._pods: dict[str, PodRecord] = {}
         self._lock = threading.Lock()
         self.synced = threading.Event()  # set once every watch has listed at least once
@@ -155,7 +180,7 @@ class PodIndex:
     def upsert(self, pod: Mapping[str, Any]) -> None:
         """Apply an ADDED/MODIFIED pod from the watch."""
         uid = str((pod.get("metadata") or {}).get("uid", ""))
-        record = build_record(pod, self._defaults, self._protect)
+        record = build_record(pod, self._defaults, self._protect, self.policies)
         with self._lock:
             if record is None:
                 self._pods.pop(uid, None)  # annotations removed: stop watching
@@ -172,7 +197,7 @@ class PodIndex:
         """Apply a full LIST: ``pods`` is the truth for every record matching ``scope``."""
         fresh: dict[str, PodRecord] = {}
         for pod in pods:
-            record = build_record(pod, self._defaults, self._protect)
+            record = build_record(pod, self._defaults, self._protect, self.policies)
             if record is not None:
                 fresh[record.uid] = record
         with self._lock:

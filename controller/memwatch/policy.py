@@ -32,11 +32,20 @@ KEY_PREDICT = PREFIX + "predict"
 #: Not a watch annotation: a pod carrying only this key is not watched for its own limit.
 KEY_NODE_PRESSURE = PREFIX + "node-pressure"
 NODE_PRESSURE_VALUES = ("evict", "never")
+#: What a percentage limit is of: the containers' ``limits.memory`` (the default) or ``requests.memory``.
+KEY_LIMIT_OF = PREFIX + "limit-of"
+LIMIT_OF_VALUES = ("limits", "requests")
+#: At most N actions per window on one workload (``3/1h``), or ``off``: :mod:`memwatch.budget`.
+KEY_RESTART_BUDGET = PREFIX + "restart-budget"
+#: A pod younger than this is never acted on (the restart budget's grace for slow starters).
+KEY_MIN_POD_AGE = PREFIX + "min-pod-age"
 KNOWN_KEYS = frozenset({KEY_LIMIT, KEY_ACTION, KEY_GRACE_PERIOD, KEY_FOR, KEY_ESCALATE, KEY_PREDICT,
-                        KEY_NODE_PRESSURE})
+                        KEY_NODE_PRESSURE, KEY_LIMIT_OF, KEY_RESTART_BUDGET, KEY_MIN_POD_AGE})
 
 #: The longest `memwatch.io/for` accepted: a longer one is almost certainly a unit mistake.
 MAX_FOR_SECONDS = 24 * 3600.0
+#: The longest restart-budget window and `memwatch.io/min-pod-age` accepted.
+MAX_WINDOW_SECONDS = 7 * 24 * 3600.0
 #: The longest `memwatch.io/grace-period` accepted.
 MAX_GRACE_SECONDS = 3600
 #: The smallest watch limit accepted (1 MiB): below it the value is a unit mistake (`0.5`, `1e-3`, a few
@@ -60,11 +69,56 @@ class Action(enum.StrEnum):
     RESTART = "restart"  # node agent: kill the container in place; the controller evicts instead
 
 
+#: Keys that ask for no watch limit on their own: a pod carrying only these is not watched.
+NOT_WATCH_KEYS = frozenset({KEY_NODE_PRESSURE})
+
+
 def is_watched(annotations: Mapping[str, str] | None) -> bool:
     """True when a pod carries any ``memwatch.io/`` annotation, valid or not, other than
     ``memwatch.io/node-pressure`` (the node guard's, which asks for no watch limit)."""
-    return bool(annotations) and any(key.startswith(PREFIX) and key != KEY_NODE_PRESSURE
+    return bool(annotations) and any(key.startswith(PREFIX) and key not in NOT_WATCH_KEYS
                                      for key in annotations or ())
+
+
+@dataclass(frozen=True, slots=True)
+class RestartBudget:
+    """At most ``actions`` memwatch actions per ``window`` seconds on one workload."""
+
+    actions: int
+    window: float
+
+    def __str__(self) -> str:
+        return f"{self.actions}/{format_window(self.window)}"
+
+
+def format_window(seconds: float) -> str:
+    """``3600`` → ``1h``, ``5400`` → ``1h30m``, ``45`` → ``45s``."""
+    whole = int(seconds)
+    if whole != seconds or whole <= 0:
+        return f"{seconds:g}s"
+    out = ""
+    for unit, size in (("h", 3600), ("m", 60), ("s", 1)):
+        if whole >= size:
+            out += f"{whole // size}{unit}"
+            whole %= size
+    return out
+
+
+_BUDGET = re.compile(r"([0-9]{1,6})/(.+)")
+
+
+def parse_budget(text: str) -> RestartBudget | None:
+    """``3/1h`` → RestartBudget(3, 3600); ``off`` → None. Raises QuantityError with the reason."""
+    value = text.strip()
+    if value.lower() == "off":
+        return None
+    match = _BUDGET.fullmatch(value)
+    if not match:
+        raise QuantityError(f"{shown(text)} is not a restart budget: write N/<duration> such as 3/1h, or off")
+    window = parse_duration(match.group(2))
+    if window <= 0 or window > MAX_WINDOW_SECONDS:
+        raise QuantityError(f"{shown(text)}: the window must be above 0 and at most 7 days")
+    return RestartBudget(int(match.group(1)), window)
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +127,7 @@ class ContainerSpec:
 
     name: str
     hard_limit: int | None = None  # resources.limits.memory in bytes
+    request: int | None = None  # resources.requests.memory in bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +173,8 @@ class Defaults:
     for_seconds: float = 0.0
     escalate: bool = False
     predict: bool = True
+    restart_budget: RestartBudget | None = RestartBudget(3, 3600.0)
+    min_pod_age: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,6 +190,8 @@ class Policy:
     pod_hard_limit: int | None = None  # sum of containers' limits.memory, when all have one
     container_hard_limits: tuple[tuple[str, int], ...] = ()
     warnings: tuple[str, ...] = field(default=(), compare=False)
+    restart_budget: RestartBudget | None = RestartBudget(3, 3600.0)
+    min_pod_age: float = 0.0
 
     def describe(self) -> str:
         """One line for `memwatch lint` and logs: every limit and the knobs."""
@@ -146,13 +205,20 @@ class Policy:
         parts.append(f"escalate={'true' if self.escalate else 'false'}")
         if not self.predict:
             parts.append("predict=false")
+        parts.append(f"restart-budget={self.restart_budget or 'off'}")
+        if self.min_pod_age:
+            parts.append(f"min-pod-age={self.min_pod_age:g}s")
         return " ".join(parts)
 
 
 def _parse_limit(key: str, value: str, hard: int | None, container: str | None,
-                 problems: list[Problem], warnings: list[str]) -> Limit | None:
-    """Parse one limit annotation: a quantity, or a percentage of ``hard``; at least MIN_LIMIT."""
+                 problems: list[Problem], warnings: list[str], base: int | None = None,
+                 basis: str = "limits") -> Limit | None:
+    """Parse one limit annotation: a quantity, or a percentage of ``base`` (the hard limit, or the
+    memory request with ``memwatch.io/limit-of: requests``); at least MIN_LIMIT, at most ``hard``."""
     whom = "the pod" if container is None else f"container {container!r}"
+    if basis == "limits":
+        base = hard
     if value.endswith("%"):
         if not _PERCENT.fullmatch(value):
             problems.append(Problem(key, value, "not a percentage (example: 90%)"))
@@ -161,12 +227,13 @@ def _parse_limit(key: str, value: str, hard: int | None, container: str | None,
         if not (0 < percent <= 100):
             problems.append(Problem(key, value, "a percentage must be above 0% and at most 100%"))
             return None
-        if hard is None:
-            what = ("every container to set resources.limits.memory" if container is None
-                    else f"container {container!r} to set resources.limits.memory")
+        if base is None:
+            field_name = f"resources.{basis}.memory"
+            what = (f"every container to set {field_name}" if container is None
+                    else f"container {container!r} to set {field_name}")
             problems.append(Problem(key, value, f"a percentage needs {what}; use a quantity such as 512Mi"))
             return None
-        limit = int(hard * percent / 100)
+        limit = int(base * percent / 100)
     else:
         try:
             limit = parse_bytes(value)
@@ -241,19 +308,33 @@ def resolve(annotations: Mapping[str, str], containers: Sequence[ContainerSpec],
     by_name = {c.name: c for c in containers}
     hards = [c.hard_limit for c in containers]
     pod_hard = sum(h for h in hards if h is not None) if hards and all(h is not None for h in hards) else None
+    requests = [c.request for c in containers]
+    pod_request = (sum(r for r in requests if r is not None)
+                   if requests and all(r is not None for r in requests) else None)
+    basis = "limits"
+    raw_basis = annotations.get(KEY_LIMIT_OF)
+    if raw_basis is not None:
+        lowered = str(raw_basis).strip().lower()
+        if lowered in LIMIT_OF_VALUES:
+            basis = lowered
+        else:
+            problems.append(Problem(KEY_LIMIT_OF, str(raw_basis), "must be limits or requests"))
 
     limits: list[Limit] = []
     action, grace, for_seconds = defaults.action, defaults.grace_period, defaults.for_seconds
     escalate, predict = defaults.escalate, defaults.predict
+    budget, min_age = defaults.restart_budget, defaults.min_pod_age
     for key in sorted(annotations):
         if not key.startswith(PREFIX):
             continue
         raw = annotations[key]
         value = raw if isinstance(raw, str) else str(raw)
         if key == KEY_LIMIT:
-            lim = _parse_limit(key, value, pod_hard, None, problems, warnings)
+            lim = _parse_limit(key, value, pod_hard, None, problems, warnings, pod_request, basis)
             if lim:
                 limits.append(lim)
+        elif key == KEY_LIMIT_OF:
+            continue  # read above: the limits need it
         elif key.startswith(KEY_CONTAINER_LIMIT):
             name = key[len(KEY_CONTAINER_LIMIT):]
             spec = by_name.get(name)
@@ -261,7 +342,7 @@ def resolve(annotations: Mapping[str, str], containers: Sequence[ContainerSpec],
                 known = ", ".join(sorted(by_name)) or "none"
                 problems.append(Problem(key, value, f"no container named {name!r} (containers: {known})"))
                 continue
-            lim = _parse_limit(key, value, spec.hard_limit, name, problems, warnings)
+            lim = _parse_limit(key, value, spec.hard_limit, name, problems, warnings, spec.request, basis)
             if lim:
                 limits.append(lim)
         elif key == KEY_ACTION:
@@ -282,6 +363,21 @@ def resolve(annotations: Mapping[str, str], containers: Sequence[ContainerSpec],
         elif key == KEY_PREDICT:
             parsed = _parse_bool(key, value, problems)
             predict = predict if parsed is None else parsed
+        elif key == KEY_RESTART_BUDGET:
+            try:
+                budget = parse_budget(value)
+            except QuantityError as exc:
+                problems.append(Problem(key, value, str(exc)))
+        elif key == KEY_MIN_POD_AGE:
+            try:
+                age = parse_duration(value)
+            except QuantityError as exc:
+                problems.append(Problem(key, value, str(exc)))
+            else:
+                if age > MAX_WINDOW_SECONDS:
+                    problems.append(Problem(key, value, "longer than 7 days; is the unit right?"))
+                else:
+                    min_age = age
         elif key == KEY_NODE_PRESSURE:
             if value.strip().lower() not in NODE_PRESSURE_VALUES:
                 warnings.append(f"{key}={shown(value)} is neither evict nor never; the node guard treats it as "
@@ -297,7 +393,7 @@ def resolve(annotations: Mapping[str, str], containers: Sequence[ContainerSpec],
         raise InvalidPolicy(problems, warnings)
     container_hards = tuple((c.name, c.hard_limit) for c in containers if c.hard_limit is not None)
     return Policy(tuple(limits), action, grace, for_seconds, escalate, predict, pod_hard,
-                  container_hards, tuple(warnings))
+                  container_hards, tuple(warnings), budget, min_age)
 
 
 def _closest(key: str) -> str | None:

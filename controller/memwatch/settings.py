@@ -15,7 +15,7 @@ from typing import Any
 
 from memwatch.logformat import LOG_FORMATS
 from memwatch.nodeguard import GuardConfig, Line, Mode
-from memwatch.policy import MAX_GRACE_SECONDS, Action, Defaults
+from memwatch.policy import MAX_GRACE_SECONDS, MAX_WINDOW_SECONDS, Action, Defaults, RestartBudget, parse_budget
 from memwatch.protections import SYSTEM_CLUSTER_CRITICAL, LabelSelector, Protections, SelectorError
 from memwatch.quantity import QuantityError, parse_bytes, parse_duration, parse_seconds
 
@@ -57,6 +57,23 @@ def _grace_period(text: str) -> int:
     if seconds > MAX_GRACE_SECONDS:
         raise argparse.ArgumentTypeError(f"{text!r}: longer than {MAX_GRACE_SECONDS}s")
     return seconds
+
+
+def _restart_budget(text: str) -> RestartBudget | None:
+    """The same rule as `memwatch.io/restart-budget`: ``N/<duration>`` (``3/1h``) or ``off``."""
+    try:
+        return parse_budget(text)
+    except QuantityError as exc:
+        hint = "" if "N/<duration>" in str(exc) else f" in {text!r} (write N/<duration> such as 3/1h, or off)"
+        raise argparse.ArgumentTypeError(f"{exc}{hint}") from None
+
+
+def _min_pod_age(text: str) -> float:
+    """The same rule as `memwatch.io/min-pod-age`: a duration of at most 7 days."""
+    value = _duration(text)
+    if value > MAX_WINDOW_SECONDS:
+        raise argparse.ArgumentTypeError(f"{text!r}: longer than 7 days; is the unit right?")
+    return value
 
 
 def _port(text: str) -> int:
@@ -181,6 +198,11 @@ COMMON: tuple[Option, ...] = (
            type=_grace_period, metavar="SECONDS"),
     Option("--default-for", "breach duration for pods without memwatch.io/for", type=_duration, default=0.0,
            metavar="DURATION"),
+    Option("--default-restart-budget", "restart budget for pods without memwatch.io/restart-budget: at most N "
+           "evictions, deletions or kills per window on one workload (Deployment, StatefulSet, DaemonSet, Job), "
+           "e.g. 3/1h; 'off': no budget", type=_restart_budget, default="3/1h", metavar="N/DURATION"),
+    Option("--default-min-pod-age", "never act on a pod younger than this (since its start), for pods without "
+           "memwatch.io/min-pod-age", type=_min_pod_age, default=0.0, metavar="DURATION"),
     Option("--escalate", "delete a pod whose eviction a PodDisruptionBudget keeps blocking "
            "(pods can opt in or out with memwatch.io/escalate)", boolean=True),
     Option("--escalation-timeout", "how long an eviction may stay blocked before escalating", type=_duration,
@@ -381,7 +403,8 @@ class Settings:
         protections = protections_from_args(args, namespaces,
                                             (pod_namespace, pod_name) if pod_name and pod_namespace else None)
         defaults = Defaults(action=Action(args.default_action), grace_period=args.default_grace_period,
-                            for_seconds=args.default_for, escalate=args.escalate)
+                            for_seconds=args.default_for, escalate=args.escalate,
+                            restart_budget=args.default_restart_budget, min_pod_age=args.default_min_pod_age)
         extra: dict[str, Any] = {}
         for name in ("source", "interval", "leader_elect", "leader_election_name", "cgroup_root",
                      "defer_to_agents", "agent_selector", "controller_runs", "evict",

@@ -1,17 +1,23 @@
 """`memwatch status` (also `kubectl memwatch status`): how close each watched pod is to its watch limit.
 
 One row per pod memwatch would watch, judged by the controller's own code: the record
-(:func:`memwatch.podindex.build_record`: annotations resolved by :func:`memwatch.policy.resolve`,
-protections by :class:`memwatch.protections.Protections`), the working set read as the controller
+(:func:`memwatch.podindex.build_record`: the pod's annotations merged with the MemwatchPolicy and
+ClusterMemwatchPolicy objects that select it, :meth:`memwatch.policyset.PolicySet.effective`, and
+resolved by :func:`memwatch.policy.resolve`; protections by
+:class:`memwatch.protections.Protections`), where its watch limit comes from (FROM: ``annotation``
+or the policy, e.g. ``MemwatchPolicy shop/limits``), the working set read as the controller
 reads it (:func:`memwatch.sources.make_source`: one bulk read of the metrics API, or of each node's
 kubelet), the growth rate and projected time to cross (:func:`memwatch.policy.growth_rate`,
 :func:`memwatch.policy.seconds_to_cross`), and the last thing memwatch did to the pod, from its own
 Events (the reasons of :mod:`memwatch.observability`). Sorted by headroom, nearest first.
 
-It reads with the caller's kubeconfig and RBAC, never memwatch's: pods (list), memwatch's Events
-(list), the usage source's reads, and the namespace (get, to tell an unknown namespace from an
-empty one). It writes nothing. Every request has a timeout; every failure is one line on stderr
-and a non-zero exit code (2: bad input, 1: the cluster refused or did not answer).
+It reads with the caller's kubeconfig and RBAC, never memwatch's: pods (list), both kinds of
+policy (list), memwatch's Events (list), the usage source's reads, the namespace (get, to tell an
+unknown namespace from an empty one) and, only when a ClusterMemwatchPolicy selects namespaces by
+label, the namespaces' labels. It writes nothing. Every request has a timeout; every failure is one
+line on stderr and a non-zero exit code (2: bad input, 1: the cluster refused or did not answer).
+Policies are optional: without their CRDs (404) or the RBAC to list them (403) pods are resolved
+from their annotations alone, and one line on stderr says so.
 
 Light to import: the Kubernetes client and the sources are imported when a command runs.
 """
@@ -34,7 +40,17 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, NoReturn, TextIO
 
 from memwatch.podindex import PodRecord, build_record
-from memwatch.policy import Action, Defaults, Limit, Usage, growth_rate, seconds_to_cross
+from memwatch.policy import (
+    KEY_CONTAINER_LIMIT,
+    KEY_LIMIT,
+    Action,
+    Defaults,
+    Limit,
+    Usage,
+    growth_rate,
+    seconds_to_cross,
+)
+from memwatch.policyset import EMPTY, PolicySet
 from memwatch.protections import Protections
 from memwatch.quantity import QuantityError, format_bytes, parse_duration
 
@@ -59,8 +75,8 @@ BAR_WIDTH = 10
 #: A namespace name (a DNS label), as the API server accepts it.
 NAMESPACE = re.compile(r"[a-z0-9](?:[-a-z0-9]{0,61}[a-z0-9])?")
 
-#: Where a watch limit comes from. Today every limit is a pod's ``memwatch.io/limit*`` annotation;
-#: limits from a policy object would add their own value, in :func:`limit_origin`.
+#: Where a watch limit comes from: the pod's own ``memwatch.io/limit*`` annotation, else the ref of
+#: the policy that set it (``MemwatchPolicy shop/limits``, ``ClusterMemwatchPolicy base``).
 FROM_ANNOTATION = "annotation"
 
 RESET, BOLD, DIM, RED, GREEN, YELLOW = "\x1b[0m", "\x1b[1m", "\x1b[2m", "\x1b[31m", "\x1b[32m", "\x1b[33m"
@@ -202,7 +218,8 @@ def action_words() -> dict[str, str]:
     return {o.REASON_EVICTED: "evicted", o.REASON_DELETED: "deleted", o.REASON_DRY_RUN: "dry-run",
             o.REASON_BLOCKED: "blocked", o.REASON_ESCALATED: "escalated", o.REASON_KILLED: "killed",
             o.REASON_FAILED: "failed", o.REASON_CAPPED: "rate-limited", o.REASON_PROTECTED: "protected",
-            o.REASON_KILL_UNAVAILABLE: "kill-unavailable", REASON_NODE_PRESSURE: "node-pressure"}
+            o.REASON_KILL_UNAVAILABLE: "kill-unavailable", o.REASON_BUDGET_EXHAUSTED: "budget-exhausted",
+            REASON_NODE_PRESSURE: "node-pressure"}
 
 
 def last_actions(events: Sequence[Mapping[str, Any]], words: Mapping[str, str]) -> dict[str, LastAction]:
@@ -239,6 +256,8 @@ class Snapshot:
     actions: dict[str, LastAction] | None = None  # None: memwatch's Events could not be read
     events_error: str | None = None
     notes: list[str] = field(default_factory=list)
+    #: Where each record's settings come from, by UID: annotation key -> ``annotation`` or a policy ref.
+    origins: dict[str, Mapping[str, str]] = field(default_factory=dict)
 
 
 class _Notes(logging.Handler):
@@ -297,12 +316,20 @@ def explain(exc: ApiError, doing: str, server: str) -> StatusError:
 
 
 class Reader:
-    """Reads the cluster for one view: pods, usage (one bulk read) and memwatch's Events."""
+    """Reads the cluster for one view: the policies, pods, usage (one bulk read) and memwatch's Events."""
 
     def __init__(self, kube: Kube, opts: Options, source: UsageSource, notes: _Notes | None = None) -> None:
         self.kube, self.opts, self.source = kube, opts, source
         self.notes = notes or _Notes()
         self.words = action_words()
+        self._said: set[str] = set()  # the policy notes said already: each once, also with --watch
+        self._pending: list[str] = []
+
+    def _once(self, line: str) -> None:
+        """A note for the next snapshot, unless it was said already."""
+        if line not in self._said:
+            self._said.add(line)
+            self._pending.append(line)
 
     def _where(self) -> str:
         return f"in namespace {self.opts.namespace}" if self.opts.namespace else "in any namespace"
@@ -326,8 +353,90 @@ class Reader:
         if found is None:
             raise StatusError(f"namespace {ns!r} not found")
 
-    def pods(self) -> list[PodRecord]:
-        """Every pod memwatch would watch, as the controller's index would hold it."""
+    def _list_policies(self, path: str, doing: str) -> list[Mapping[str, Any]] | str | None:
+        """Every item of one kind of policy; None when the kind is not served (404: no CRD), or why
+        it cannot be listed (403: no RBAC). Unreachable, or credentials refused: the error that stops
+        the command, as for pods."""
+        from memwatch.kube import ApiError
+
+        items: list[Mapping[str, Any]] = []
+        try:
+            for page in self.kube.list_pages(path):
+                items.extend(i for i in page.get("items") or () if isinstance(i, Mapping))
+        except ApiError as exc:
+            if exc.status in (0, 401):
+                raise explain(exc, doing, self.kube.server) from None
+            return None if exc.status == 404 else f"cannot {doing}: {exc}"
+        except (ValueError, AttributeError, TypeError) as exc:
+            return f"cannot {doing}: not a list ({type(exc).__name__}: {' '.join(str(exc).split())[:200]})"
+        return items
+
+    def policies(self) -> PolicySet:
+        """The MemwatchPolicy objects of the namespace (or of all) and the ClusterMemwatchPolicy objects,
+        as the controller resolves pods with them; with the namespaces' labels when a cluster policy
+        selects namespaces by label. What cannot be read (no CRDs, no RBAC) is no policy, said once."""
+        from memwatch.policyset import API_VERSION, CLUSTER, NAMESPACED, PLURALS, PolicyObject, parse_policy
+
+        ns = self.opts.namespace
+        api = f"/apis/{API_VERSION}"
+        local = f"{api}/namespaces/{ns}/{PLURALS[NAMESPACED]}" if ns else f"{api}/{PLURALS[NAMESPACED]}"
+        reads = ((NAMESPACED, local, f"list {NAMESPACED} objects {self._where()}"),
+                 (CLUSTER, f"{api}/{PLURALS[CLUSTER]}", f"list {CLUSTER} objects"))
+        found: list[PolicyObject] = []
+        absent: list[str] = []
+        refused: list[str] = []
+        for kind, path, doing in reads:
+            items = self._list_policies(path, doing)
+            if items is None:
+                absent.append(kind)
+            elif isinstance(items, str):
+                refused.append(items)
+            else:
+                found += [parse_policy({**item, "kind": item.get("kind") or kind}) for item in items]
+        if len(absent) == len(reads):
+            self._once("the memwatch.io policy CRDs are not installed: no MemwatchPolicy or ClusterMemwatchPolicy "
+                       "applies; watch limits come from annotations only")
+        elif absent or refused:
+            missing = [f"the {kind} CRD is not installed" for kind in absent]
+            self._once("; ".join(missing + refused) + "; pods are resolved without them")
+        policies = PolicySet(found)
+        if policies.needs_namespaces:
+            policies = PolicySet(found, self.namespace_labels())
+        return policies
+
+    def namespace_labels(self) -> dict[str, Mapping[str, str]]:
+        """The labels of the namespace (or of every namespace), for ClusterMemwatchPolicy namespaceSelectors.
+        Unreadable: none, so those policies select nothing here (unknown never widens a policy), said once."""
+        from memwatch.kube import ApiError
+
+        ns = self.opts.namespace
+        doing = f"get namespace {ns}" if ns else "list namespaces"
+        try:
+            if ns:
+                found = self.kube.get_json_or_none(f"/api/v1/namespaces/{ns}")
+                items = [found] if isinstance(found, Mapping) else []
+            else:
+                items = [i for page in self.kube.list_pages("/api/v1/namespaces") for i in page.get("items") or ()]
+        except ApiError as exc:
+            if exc.status in (0, 401):
+                raise explain(exc, doing, self.kube.server) from None
+            self._once(f"cannot {doing} (for their labels): {exc}; ClusterMemwatchPolicies that select "
+                       "namespaces by label are left out")
+            return {}
+        except (ValueError, AttributeError, TypeError) as exc:
+            raise garbled(exc, doing, self.kube.server) from None
+        out: dict[str, Mapping[str, str]] = {}
+        for item in items:
+            meta = item.get("metadata") if isinstance(item, Mapping) else None
+            if isinstance(meta, Mapping) and meta.get("name"):
+                labels = meta.get("labels")
+                out[str(meta["name"])] = {str(k): str(v) for k, v in (labels or {}).items()} \
+                    if isinstance(labels, Mapping) else {}
+        return out
+
+    def pods(self, policies: PolicySet = EMPTY) -> tuple[list[PodRecord], dict[str, Mapping[str, str]]]:
+        """Every pod memwatch would watch, as the controller's index would hold it (with ``policies``),
+        and where each record's settings come from, by UID."""
         from memwatch.kube import ApiError
         from memwatch.watcher import ACTIVE_PODS
 
@@ -335,19 +444,23 @@ class Reader:
         path = f"/api/v1/namespaces/{ns}/pods" if ns else "/api/v1/pods"
         query = {"labelSelector": self.opts.selector, "fieldSelector": ACTIVE_PODS}
         records = []
+        origins: dict[str, Mapping[str, str]] = {}
         try:
             for page in self.kube.list_pages(path, query):
                 for pod in page.get("items") or ():
-                    record = build_record(pod, self.opts.defaults, self.opts.protections.reason)
+                    record = build_record(pod, self.opts.defaults, self.opts.protections.reason, policies)
                     if record is not None:
                         records.append(record)
+                        meta = pod.get("metadata") or {}
+                        origins[record.uid] = policies.effective(record.namespace, meta.get("labels"),
+                                                                 meta.get("annotations")).sources
         except ApiError as exc:
             if exc.status == 400 and self.opts.selector:
                 raise StatusError(f"invalid label selector {self.opts.selector!r}: {exc}", 2) from None
             raise explain(exc, f"list pods {self._where()}", self.kube.server) from None
         except (ValueError, AttributeError, TypeError) as exc:
             raise garbled(exc, f"list pods {self._where()}", self.kube.server) from None
-        return records
+        return records, origins
 
     def usage(self, records: Sequence[PodRecord]) -> tuple[dict[str, Usage], str | None, list[str]]:
         """(samples by UID, why there are none or None, warnings) from one bulk read."""
@@ -396,12 +509,15 @@ class Reader:
 
     def read(self) -> Snapshot:
         started = time.time()
-        records = self.pods()
+        policies = self.policies()
+        records, origins = self.pods(policies)
         samples, usage_error, notes = self.usage(records)
         actions, events_error = self.events()
         current = getattr(self.source, "current", None)
         name = current.name if self.source.name == "auto" and current is not None else self.source.name
-        return Snapshot(started, records, samples, name, usage_error, actions, events_error, notes)
+        said, self._pending = self._pending, []
+        return Snapshot(started, records, samples, name, usage_error, actions, events_error, [*said, *notes],
+                        origins)
 
 
 def connect(args: argparse.Namespace, env: Mapping[str, str]) -> tuple[Kube, Options, UsageSource]:
@@ -447,9 +563,12 @@ class History:
         return list(self._samples.get(uid, ()))
 
 
-def limit_origin(record: PodRecord, limit: Limit) -> str:
-    """Where a watch limit comes from: the hook for limits set elsewhere than the pod's annotations."""
-    return FROM_ANNOTATION
+def limit_origin(record: PodRecord, limit: Limit, sources: Mapping[str, str] | None = None) -> str:
+    """Where a watch limit comes from: ``annotation`` (the pod's own ``memwatch.io/limit`` or
+    ``memwatch.io/limit.<container>``) or the ref of the policy that set it, as ``sources`` (the
+    record's :attr:`memwatch.policyset.Effective.sources`) says; ``annotation`` without them."""
+    key = KEY_LIMIT if limit.container is None else KEY_CONTAINER_LIMIT + limit.container
+    return (sources or {}).get(key) or FROM_ANNOTATION
 
 
 def scope_usage(limit: Limit, usage: Usage | None) -> int | None:
@@ -544,8 +663,8 @@ def build_rows(snapshot: Snapshot, history: History, dry_run: bool = False) -> l
             growth = growth_rate(series)
             crosses = seconds_to_cross(series, limit.bytes)
         known = snapshot.actions is not None
-        rows.append(Row(record, _action(record, dry_run), limit,
-                        limit_origin(record, limit) if limit is not None else None, hard, usage, used, growth,
+        origin = limit_origin(record, limit, snapshot.origins.get(record.uid)) if limit is not None else None
+        rows.append(Row(record, _action(record, dry_run), limit, origin, hard, usage, used, growth,
                         crosses, (snapshot.actions or {}).get(record.uid), known))
     return rows
 
@@ -719,6 +838,8 @@ def json_row(row: Row, now: float) -> dict[str, Any]:
         "watch_limit_bytes": lim.bytes if lim else None,
         "watch_limit": lim.text if lim else None,
         "limit_from": row.limit_from,
+        "policies": list(r.policies),
+        "workload": r.workload,
         "scope": lim.scope if lim else None,
         "hard_limit_bytes": row.hard_limit,
         "headroom_bytes": row.headroom,

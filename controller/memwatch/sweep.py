@@ -92,6 +92,8 @@ class Sweeper:
                 continue
             if rec.warnings:
                 self.recorder.warnings(rec)
+            if rec.conflicts:
+                self.recorder.conflicts(rec)
             if rec.terminating or life.phase is Phase.DONE or not rec.node or rec.phase in ("Succeeded", "Failed"):
                 continue  # finished, already handled, or not yet on a node (no memory to read)
             acted = self.recorder.already(rec.uid, ACTED_REASONS)

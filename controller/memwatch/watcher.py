@@ -10,6 +10,7 @@ annotations are kept. The WATCH resumes from the LIST's resourceVersion with boo
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -27,6 +28,8 @@ ACTIVE_PODS = "status.phase!=Succeeded,status.phase!=Failed"
 #: A watch stream with nothing on it for this long (the API server sends a bookmark about every
 #: minute) is treated as stalled and reconnected.
 WATCH_SILENCE = 120.0
+#: How often an optional resource that is not served (policies without their CRDs) is looked for.
+OPTIONAL_RETRY = 60.0
 
 
 class Sink(Protocol):
@@ -41,6 +44,40 @@ class Sink(Protocol):
     def __len__(self) -> int: ...
 
 
+class Tee:
+    """One watch, several sinks: every event goes to each, in order; its length is the first's."""
+
+    def __init__(self, *sinks: Sink) -> None:
+        self.sinks = sinks
+
+    def __len__(self) -> int:
+        return len(self.sinks[0])
+
+    @property
+    def policies(self) -> Any:
+        """The first sink's policies (a pod index's), which a LIST records it was resolved with."""
+        return getattr(self.sinks[0], "policies", None)
+
+    @policies.setter
+    def policies(self, value: Any) -> None:
+        for sink in self.sinks:
+            if hasattr(sink, "policies"):
+                sink.policies = value
+
+    def upsert(self, obj: Mapping[str, Any]) -> None:
+        for sink in self.sinks:
+            sink.upsert(obj)
+
+    def remove(self, obj: Mapping[str, Any]) -> None:
+        for sink in self.sinks:
+            sink.remove(obj)
+
+    def replace(self, objs: Iterable[Mapping[str, Any]], scope: Callable[[Any], bool]) -> None:
+        items = list(objs)
+        for sink in self.sinks:
+            sink.replace(items, scope)
+
+
 class PodWatcher:
     """One LIST+WATCH loop over one scope (cluster-wide, or one namespace), in its own thread.
 
@@ -50,10 +87,15 @@ class PodWatcher:
     def __init__(self, kube: Kube, index: PodIndex | Sink, namespace: str | None = None,
                  label_selector: str = "", field_selector: str = ACTIVE_PODS,
                  page_size: int = 500, watch_timeout: int = 300, silence: float = WATCH_SILENCE,
-                 resource: str = "pods") -> None:
+                 resource: str = "pods", api: str = "/api/v1", optional: bool = False) -> None:
         self.kube = kube
         self.index = index
         self.resource = resource
+        self.api = api
+        #: A resource that may not be served (a CRD not installed, or not readable): 404 and 403 are
+        #: "none of them", in sync, retried every OPTIONAL_RETRY seconds, said once in the log.
+        self.optional = optional
+        self.absent: str | None = None
         self.namespace = namespace
         self.label_selector = label_selector
         self.field_selector = field_selector
@@ -64,14 +106,27 @@ class PodWatcher:
         self.last_contact = -1e18  # monotonic: the last LIST page, watch connect, event or bookmark
         self.resource_version = ""
         self.lists = 0
+        self.policy_generation = 0
         self._stop = threading.Event()
+        self._relist = threading.Event()
+        self._stream: Any = None  # the open WATCH response, so request_relist can end it
         self._thread: threading.Thread | None = None
 
     @property
     def path(self) -> str:
         if self.namespace:
-            return f"/api/v1/namespaces/{quote(self.namespace)}/{self.resource}"
-        return f"/api/v1/{self.resource}"
+            return f"{self.api}/namespaces/{quote(self.namespace)}/{self.resource}"
+        return f"{self.api}/{self.resource}"
+
+    def request_relist(self) -> None:
+        """LIST again now (what the index keeps depends on something else that changed: the
+        policies). The index stays in use meanwhile; the open WATCH is ended so the LIST starts
+        at once, and the WATCH resumes from the new LIST's resourceVersion."""
+        self._relist.set()
+        stream = self._stream
+        if stream is not None:
+            with contextlib.suppress(Exception):  # already closed: the loop re-lists anyway
+                stream.shutdown()
 
     def _query(self) -> dict[str, Any]:
         return {"labelSelector": self.label_selector, "fieldSelector": self.field_selector}
@@ -95,17 +150,20 @@ class PodWatcher:
 
     def list_once(self) -> None:
         """LIST every page and make the index match it."""
+        policies = getattr(self.index, "policies", None)
         self.index.replace(self._pages(), self._in_scope)
+        # The policies the list was resolved with (a swap while listing asks for another list).
+        self.policy_generation = getattr(policies, "generation", 0)
         self.lists += 1
         self.synced.set()
 
     def watch_once(self) -> None:
         """Follow the WATCH until it times out (returns) or expires (raises Gone)."""
         events = self.kube.watch(self.path, self.resource_version, self._query(), self.watch_timeout,
-                                 silence=self.silence, on_connect=self._contact)
+                                 silence=self.silence, on_connect=self._contact, hold=self._hold)
         for event in events:
             self.last_contact = time.monotonic()
-            if self._stop.is_set():
+            if self._stop.is_set() or self._relist.is_set():
                 return
             kind = event.get("type")
             obj = event.get("object") or {}
@@ -117,17 +175,53 @@ class PodWatcher:
             if rv and kind in ("ADDED", "MODIFIED", "DELETED", "BOOKMARK"):
                 self.resource_version = rv
 
+    @property
+    def _noun(self) -> str:
+        return "pod" if self.resource == "pods" else self.resource
+
+    def _hold(self, stream: Any) -> None:
+        self._stream = stream
+        if stream is not None and self._relist.is_set():
+            # A re-list asked for while this WATCH was connecting (or while the LIST ran): end it now
+            # rather than at its first event, which on a quiet resource may be minutes away.
+            with contextlib.suppress(Exception):
+                stream.shutdown()
+
+    def _absent(self, exc: ApiError) -> bool:
+        """An optional resource the API server does not serve (404) or lets memwatch read (403):
+        treated as none, in sync, said once; looked for again every OPTIONAL_RETRY seconds."""
+        if not self.optional or exc.status not in (404, 403):
+            return False
+        why = ("not installed (no such resource)" if exc.status == 404
+               else "not readable by memwatch's ServiceAccount (403)")
+        if self.absent != why:
+            log.warning("%s scope=%s %s: treated as none; looking again every %.0fs", self.resource,
+                        self.namespace or "cluster", why, OPTIONAL_RETRY)
+        self.absent = why
+        self.index.replace((), self._in_scope)
+        self.last_contact = time.monotonic() + OPTIONAL_RETRY  # in sync until the next look
+        self.synced.set()
+        return True
+
     def run(self) -> None:
-        """LIST, then WATCH forever; re-LIST after a 410 or an error (with backoff)."""
+        """LIST, then WATCH forever; re-LIST after a 410 or an error (with backoff), or when asked."""
         backoff = 1.0
         need_list = True
         while not self._stop.is_set():
             try:
+                if self._relist.is_set():
+                    self._relist.clear()
+                    need_list = True
                 if need_list:
                     self.list_once()
-                    log.info("listed pods scope=%s watched=%d resourceVersion=%s",
+                    if self.absent:
+                        log.info("%s scope=%s can be read now", self.resource, self.namespace or "cluster")
+                        self.absent = None
+                    log.info("listed %s scope=%s watched=%d resourceVersion=%s", self.resource,
                              self.namespace or "cluster", len(self.index), self.resource_version)
                     need_list = False
+                if self._relist.is_set():
+                    continue  # asked while listing: list again before watching
                 self.watch_once()
                 backoff = 1.0
             except Gone as exc:
@@ -136,7 +230,15 @@ class PodWatcher:
                 self.synced.clear()  # not acted on until the re-list is in
                 need_list = True
             except Exception as exc:  # the watch must outlive any error; it re-lists
-                log.warning("pod watch failed scope=%s: %s%s; retrying in %.0fs", self.namespace or "cluster",
+                if self._relist.is_set() and not self._stop.is_set():
+                    continue  # request_relist ended the stream: list at once, no backoff, no warning
+                if isinstance(exc, ApiError) and self._absent(exc):
+                    need_list = True
+                    if self._stop.wait(OPTIONAL_RETRY):
+                        return
+                    continue
+                log.warning("%s watch failed scope=%s: %s%s; retrying in %.0fs", self._noun,
+                            self.namespace or "cluster",
                             "" if isinstance(exc, ApiError) else type(exc).__name__ + ": ", exc, backoff)
                 need_list = need_list or not self.resource_version
                 if self._stop.wait(backoff):

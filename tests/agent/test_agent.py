@@ -214,9 +214,14 @@ def test_pods_leaving_the_node_release_their_cgroups(v2_tree: Path) -> None:
 
 def test_the_watch_is_narrowed_to_this_node_server_side(tmp_path: Path, v1_tree: Path) -> None:
     agent = Agent(make_settings(v1_tree, namespaces=("a", "b")), kube=ApiDouble(), watch=True)  # type: ignore[arg-type]
-    assert [w.namespace for w in agent.watchers] == ["a", "b"]
-    for w in agent.watchers:
+    pods = [w for w in agent.watchers if w.resource == "pods"]
+    assert [w.namespace for w in pods] == ["a", "b"]
+    for w in pods:
         assert w.field_selector == f"spec.nodeName=node1,{ACTIVE_PODS}"
+    # the other watches are memwatch's own Events (field selector source=memwatch), per namespace
+    events = [w for w in agent.watchers if w.resource == "events"]
+    assert [w.namespace for w in events] == ["a", "b"] and len(agent.watchers) == 4
+    assert all(w.field_selector == "source=memwatch" for w in events)
 
 
 def test_over_its_own_memory_ceiling_the_agent_sheds_history(v2_tree: Path, caplog: pytest.LogCaptureFixture) -> None:

@@ -305,18 +305,21 @@ def test_missing_kubepods_is_said_once_and_node_figures_still_count(tmp_path: Pa
 
 def test_the_tee_feeds_the_guard_from_the_agents_own_watch(v1_tree: Path) -> None:
     from agent.test_agent import make_agent  # noqa: F401  (the same construction as the other agent tests)
-    from memwatch.nodeguard import Tee
+    from memwatch.watcher import Tee
 
     cfg = GuardConfig(Mode.DRY_RUN)
     agent = Agent(make_settings(v1_tree, node_guard=cfg), kube=object(), source=CgroupSource(Hierarchy.detect(v1_tree)),  # type: ignore[arg-type]
                   watch=True)
     assert agent.guard is not None and agent.watchers
-    assert all(isinstance(w.index, Tee) for w in agent.watchers)
-    agent.watchers[0].index.upsert(make_pod(UID_B, annotations={}))  # not watched for a limit...
+    pods = [w for w in agent.watchers if w.resource == "pods"]
+    assert pods and all(isinstance(w.index, Tee) for w in pods)
+    assert not any(isinstance(w.index, Tee) for w in agent.watchers if w.resource != "pods")  # Events: not pods
+    pods[0].index.upsert(make_pod(UID_B, annotations={}))  # not watched for a limit...
     assert len(agent.index) == 0 and len(agent.guard.pods) == 1  # ...but the guard knows it
     narrowed = Agent(make_settings(v1_tree, node_guard=cfg, label_selector="memwatch.io/watch=true"),
                      kube=object(), source=CgroupSource(Hierarchy.detect(v1_tree)), watch=True)  # type: ignore[arg-type]
-    assert len(narrowed.watchers) == 2 and narrowed.watchers[1].label_selector == ""
+    narrowed_pods = [w for w in narrowed.watchers if w.resource == "pods"]
+    assert len(narrowed_pods) == 2 and narrowed_pods[1].label_selector == ""
 
 
 def test_evict_false_leaves_the_api_alone(tree: Path) -> None:

@@ -20,11 +20,17 @@ def chart() -> Iterator[helm_python.Chart]:
 
 @pytest.fixture(scope="session")
 def render(chart: helm_python.Chart) -> Any:
-    """render(values, name=..., namespace=...) -> Rendered, with the real Helm engine."""
+    """render(values, name=..., namespace=..., include_crds=False) -> Rendered, with the real Helm engine.
 
-    def _render(values: Obj | None = None, *, name: str = RELEASE, namespace: str = NAMESPACE) -> Rendered:
+    include_crds adds the chart's crds/ (the CustomResourceDefinitions, as they are: Helm never
+    templates them) ahead of the templates, as `helm template --include-crds` does."""
+
+    def _render(values: Obj | None = None, *, name: str = RELEASE, namespace: str = NAMESPACE,
+                include_crds: bool = False) -> Rendered:
         values = values or {}
         manifests = chart.render(values, name=name, namespace=namespace)
+        if include_crds:
+            manifests = {crd["filename"]: crd["data"] for crd in chart.crds} | manifests
         return Rendered(manifests, chart.merge_values(values))
 
     return _render

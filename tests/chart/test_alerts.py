@@ -238,7 +238,7 @@ def test_values_shape_the_rules(chart: helm_python.Chart) -> None:
     (group,) = rule["spec"]["groups"]
     assert group["interval"] == "30s"
     alerts = alerts_of(rule)
-    assert "MemwatchAgentDown" not in alerts and "MemwatchNodeGuardActing" not in alerts and len(alerts) == 6
+    assert "MemwatchAgentDown" not in alerts and "MemwatchNodeGuardActing" not in alerts and len(alerts) == 7
     for alert in alerts.values():
         assert alert["labels"]["team"] == "platform"
         assert alert["labels"]["severity"] in {"warning", "critical"}  # the alert's own severity wins
@@ -535,7 +535,8 @@ def test_dashboard_shape() -> None:
     # usage or limit; see the chart README).
     for wanted in ("Actions by result and source", "Action latency", "Sample age", "Watched pods",
                    "Sweep duration", "Node memory available", "kubepods working set and limit",
-                   "Memory pressure (PSI avg10)", "Node guard level", "Node guard actions"):
+                   "Memory pressure (PSI avg10)", "Node guard level", "Node guard actions",
+                   "Pods held by a spent restart budget"):
         assert wanted in titles, wanted
     for panel in panels(board):
         if panel["type"] == "row":

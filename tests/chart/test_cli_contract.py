@@ -47,6 +47,9 @@ def test_controller_and_agent_flags_parse(scenario: Rendered) -> None:
         assert settings.dry_run == values["dryRun"]
         assert settings.namespaces == tuple(values["namespaces"])
         assert settings.defaults.action.value == values["defaultPolicy"]["action"]
+        budget = _import("memwatch.policy").parse_budget(values["defaultPolicy"]["restartBudget"])
+        assert settings.defaults.restart_budget == budget
+        assert settings.defaults.min_pod_age == parse_seconds(values["defaultPolicy"]["minPodAge"])
         assert settings.max_per_minute == values["eviction"]["maxPerMinute"]
         assert settings.metrics_port == values["metrics"]["port"]
         assert settings.protections.protected_namespaces == frozenset(values["protection"]["namespaces"])
@@ -62,6 +65,29 @@ def test_controller_settings(render: Any) -> None:
     assert settings.leader_elect is True
     assert settings.leader_election_namespace == NAMESPACE
     assert settings.leader_election_name == "memwatch"
+
+
+def parse_seconds(duration: str) -> float:
+    """A chart duration (`2m`, `1h30m`, `500ms`) in seconds, as the flags read it."""
+    seconds: float = _import("memwatch.quantity").parse_duration(duration)
+    return seconds
+
+
+@pytest.mark.parametrize(("budget", "min_age", "expected_budget", "expected_age"), [
+    ("5/30m", "2m", (5, 1800.0), 120.0),
+    ("off", "1h30m", None, 5400.0),
+])
+def test_restart_budget_and_min_pod_age_reach_both_components(render: Any, budget: str, min_age: str,
+                                                              expected_budget: tuple[int, float] | None,
+                                                              expected_age: float) -> None:
+    """defaultPolicy.restartBudget and .minPodAge become the same Defaults in the controller and the agent."""
+    rendered = render({"defaultPolicy": {"restartBudget": budget, "minPodAge": min_age}, "agent": {"enabled": True}})
+    assert rendered.agent is not None
+    for workload in (rendered.controller, rendered.agent):
+        defaults = parse(workload).defaults
+        got = None if defaults.restart_budget is None else (defaults.restart_budget.actions,
+                                                            defaults.restart_budget.window)
+        assert (got, defaults.min_pod_age) == (expected_budget, expected_age)
 
 
 def test_agent_settings(render: Any) -> None:

@@ -273,6 +273,13 @@ ALLOWED = [
     ("get", "nodes", None, {}),  # each node's address and kubelet port
     ("create", "leases", NAMESPACE, {"group": "coordination.k8s.io"}),
     ("update", "leases", NAMESPACE, {"group": "coordination.k8s.io", "name": FULLNAME}),
+    # The policies: read them, patch their status (charts/memwatch/crds/).
+    ("list", "memwatchpolicies", WORKLOAD_NAMESPACE, {"group": "memwatch.io"}),
+    ("watch", "memwatchpolicies", None, {"group": "memwatch.io"}),
+    ("watch", "clustermemwatchpolicies", None, {"group": "memwatch.io"}),
+    ("patch", "memwatchpolicies", WORKLOAD_NAMESPACE, {"group": "memwatch.io", "subresource": "status"}),
+    ("patch", "clustermemwatchpolicies", None, {"group": "memwatch.io", "subresource": "status"}),
+    ("watch", "namespaces", None, {}),  # a ClusterMemwatchPolicy's namespaceSelector
 ]
 
 REFUSED = [
@@ -291,6 +298,14 @@ REFUSED = [
     ("update", "leases", NAMESPACE, {"group": "coordination.k8s.io", "name": "someone-elses"}),
     ("update", "leases", WORKLOAD_NAMESPACE, {"group": "coordination.k8s.io", "name": FULLNAME}),
     ("create", "clusterroles", None, {"group": "rbac.authorization.k8s.io"}),
+    # The policies are the users': memwatch writes only their status.
+    *((verb, "memwatchpolicies", WORKLOAD_NAMESPACE, {"group": "memwatch.io"})
+      for verb in ("create", "update", "patch", "delete")),
+    *((verb, "clustermemwatchpolicies", None, {"group": "memwatch.io"})
+      for verb in ("create", "update", "patch", "delete")),
+    ("update", "clustermemwatchpolicies", None, {"group": "memwatch.io", "subresource": "status"}),
+    ("delete", "namespaces", WORKLOAD_NAMESPACE, {}),
+    ("patch", "namespaces", WORKLOAD_NAMESPACE, {}),
 ]
 
 
@@ -361,6 +376,12 @@ README_RBAC = {
     ("", "nodes/stats", "get", ""),
     ("coordination.k8s.io", "leases", "create", ""),
     *(("coordination.k8s.io", "leases", verb, FULLNAME) for verb in ("get", "update")),
+    # The policies (charts/memwatch/crds/): read them, write their status only, never the policies.
+    *(("memwatch.io", resource, verb, "") for resource in ("memwatchpolicies", "clustermemwatchpolicies")
+      for verb in ("get", "list", "watch")),
+    *(("memwatch.io", f"{resource}/status", verb, "") for resource in ("memwatchpolicies", "clustermemwatchpolicies")
+      for verb in ("get", "patch")),
+    *(("", "namespaces", verb, "") for verb in ("list", "watch")),
 }
 #: What every authenticated user may do on any cluster (system:basic-user, system:discovery,
 #: system:public-info-viewer): not the chart's doing.

@@ -37,16 +37,32 @@ def test_manifest_is_in_sync_with_the_chart() -> None:
 def test_manifest_is_the_chart_defaults_plus_its_namespace(render: Any) -> None:
     docs = [d for d in yaml.safe_load_all(MANIFEST.read_text()) if d]
     assert docs[0] == {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "memwatch"}}
-    rendered: Rendered = render()
+    # As `helm template --include-crds`: the chart's crds/ too, so that `kubectl apply -f` installs them.
+    rendered: Rendered = render(include_crds=True)
     chart_objects = [o for o in rendered.objects if o not in rendered.hooks]
     for obj in chart_objects:
         if not obj["metadata"]["annotations"]:
             del obj["metadata"]["annotations"]
     key = lambda o: (o["kind"], o["metadata"]["name"])  # noqa: E731
     assert sorted(docs[1:], key=key) == sorted(chart_objects, key=key)
-    # Helm's install order: the ServiceAccount and RBAC before the Deployment.
+    # Helm's install order: the CRDs first (Helm installs crds/ before any template), then the
+    # ServiceAccount and RBAC before the Deployment.
     kinds = [d["kind"] for d in docs]
+    assert kinds[1:3] == ["CustomResourceDefinition"] * 2 and kinds.count("CustomResourceDefinition") == 2
     assert kinds.index("ServiceAccount") < kinds.index("ClusterRole") < kinds.index("Deployment")
+
+
+def test_manifest_carries_the_crd_files_as_they_are() -> None:
+    """Each CRD in memwatch.yaml is its crds/ file, object for object (only the file's leading
+    comment is left out), under a Source line naming that file."""
+    text = MANIFEST.read_text()
+    crd_files = sorted((REPO_DIR / "charts" / "memwatch" / "crds").glob("*.yaml"))
+    assert len(crd_files) == 2
+    docs = {d["metadata"]["name"]: d for d in yaml.safe_load_all(text) if d and d["kind"] == "CustomResourceDefinition"}
+    for path in crd_files:
+        crd = yaml.safe_load(path.read_text())
+        assert docs[crd["metadata"]["name"]] == crd, path.name
+        assert f"# Source: memwatch/crds/{path.name}\n" in text
 
 
 @pytest.mark.parametrize("example", EXAMPLES, ids=lambda p: p.name)

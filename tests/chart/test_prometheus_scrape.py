@@ -8,11 +8,13 @@ labels they select by, when Prometheus scrapes memwatch.
 - The controller (`python -m memwatch run`, with the command line the chart renders, leader
   election included) against the unit tests' fake API server (tests/unit/fakeapi.py, here with
   core discovery for kopf, Leases and an idle Event WATCH), serving pods that breach their watch
-  limits: one evicted, one whose eviction fails (HTTP 500), one with a stale sample, one with none;
-  its metrics API read fails (HTTP 500) until the controller has counted the failure.
+  limits: one evicted, one whose eviction fails (HTTP 500), one held by its Deployment's spent
+  restart budget, one with a stale sample, one with none; its metrics API read fails (HTTP 500)
+  until the controller has counted the failure.
 - The node agent (`python -m memwatch agent`, the chart's command line, node guard in dry-run) on a
-  copy of the v1 fixture cgroup tree, whose two pods breach (one evicted, one failing), and whose
-  kubepods cgroup is given a hard limit just above its working set so the node guard acts (would-).
+  copy of the v1 fixture cgroup tree, whose two pods breach (one evicted, one failing), plus a copy
+  of its Guaranteed pod held by its Deployment's spent restart budget, and whose kubepods cgroup is
+  given a hard limit just above its working set so the node guard acts (would-).
 - The real `prometheus` (Debian's package, hack/promtool.sh --prometheus) scraping both every
   second, each target with the labels a ServiceMonitor gives it (namespace, service, job, pod,
   node), and the rendered PrometheusRule loaded as its rule file.
@@ -20,7 +22,8 @@ labels they select by, when Prometheus scrapes memwatch.
 Then, through Prometheus' HTTP API: every vector selector of every alert expression and of every
 dashboard query (variables at their "All" values) returns at least one series; every full
 expression is a valid query and every dashboard query draws something; every rule evaluates
-without error; the two alerts with no `for` (MemwatchActionsFailing, MemwatchNodeGuardActing) fire;
+without error; the alerts with no `for` (MemwatchActionsFailing, MemwatchRestartBudgetExhausted,
+MemwatchNodeGuardActing) fire;
 and the scripted events really happened (test_the_scenario_happened).
 
 What it does not prove: it runs against a fake API server and fixture cgroups, not the local
@@ -104,6 +107,10 @@ UID_B, UID_G = "6f1c2f3e-8a4b-4c5d-9e0f-112233445566", "0a9b8c7d-6e5f-4a3b-8c2d-
 CID_APP = "3c1a5bb9e2b0f4b1c7d5a2e8f9061b7c4d3e2f1a0b9c8d7e6f5a4b3c2d1e0f9a"
 CID_SIDE = "9f8e7d6c5b4a39281706f5e4d3c2b1a09f8e7d6c5b4a39281706f5e4d3c2b1a0"
 CID_G = "aa11bb22cc33dd44ee55ff6600112233445566778899aabbccddeeff00112233"
+#: A copy of the Guaranteed pod's cgroups (fixture_tree) for a pod the agent holds (restart budget).
+UID_HELD, CID_HELD = "5e4d3c2b-1a09-4f8e-9d7c-6b5a49382716", "bb22cc33dd44ee55ff66001122334455667788" + "9" * 26
+#: A restart budget that is spent before any action: the pods under it are held, never acted on.
+NO_BUDGET = {"memwatch.io/restart-budget": "0/1h"}
 #: The fixture kubepods' working set (memory.usage_in_bytes - total_inactive_file).
 KUBEPODS_WS = 378675200 - 41943040
 MiB = 1 << 20
@@ -297,13 +304,20 @@ def iso(ts: float) -> str:
 
 
 def pod(name: str, node: str, annotations: dict[str, str], containers: list[tuple[str, str, str]],
-        uid: str | None = None, qos: str = "Burstable") -> Obj:
-    """A pod running for two hours as the API returns it; ``containers``: (name, limits.memory, CRI id)."""
+        uid: str | None = None, qos: str = "Burstable", deployment: str | None = None) -> Obj:
+    """A pod running for two hours as the API returns it; ``containers``: (name, limits.memory, CRI id);
+    ``deployment``: the Deployment whose ReplicaSet owns it (its restart budget's workload)."""
     started = iso(time.time() - 7200)
+    labels = {"app": name}
+    owners = []
+    if deployment:
+        labels["pod-template-hash"] = "5c4b7f9d8"
+        owners = [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": f"{deployment}-5c4b7f9d8",
+                   "uid": f"uid-rs-{deployment}", "controller": True}]
     return {
         "apiVersion": "v1", "kind": "Pod",
         "metadata": {"name": name, "namespace": SHOP, "uid": uid or f"uid-{name}", "resourceVersion": "1",
-                     "labels": {"app": name}, "annotations": annotations},
+                     "labels": labels, "annotations": annotations, "ownerReferences": owners},
         "spec": {"nodeName": node, "containers": [{"name": c, "image": "app", "resources": {"limits": {"memory": m}}}
                                                   for c, m, _ in containers]},
         "status": {"phase": "Running", "qosClass": qos, "startTime": started, "containerStatuses": [
@@ -317,9 +331,11 @@ def serve_pods(api: ClusterApi) -> None:
     over = {"memwatch.io/limit": "100Mi"}
     api.pods = [
         # The controller's (node2 has no agent): a fresh sample over the limit, evicted; the same,
-        # but the eviction fails; a sample older than --max-sample-age; no sample at all.
+        # but the eviction fails; the same, but held by its Deployment's spent restart budget; a
+        # sample older than --max-sample-age; no sample at all.
         pod("evicted", OTHER_NODE, over, [("app", "512Mi", "c1")]),
         pod("failing", OTHER_NODE, over, [("app", "512Mi", "c2")]),
+        pod("held", OTHER_NODE, over | NO_BUDGET, [("app", "512Mi", "c5")], deployment="held"),
         pod("stale", OTHER_NODE, over, [("app", "512Mi", "c3")]),
         pod("unsampled", OTHER_NODE, over, [("app", "512Mi", "c4")]),
         # The agent's, on node1 (the fixture's cgroups; no PodMetrics: to the controller these are
@@ -327,17 +343,21 @@ def serve_pods(api: ClusterApi) -> None:
         pod("leaky", AGENT_NODE, over, [("app", "256Mi", CID_APP), ("sidecar", "128Mi", CID_SIDE)], uid=UID_B),
         pod("guaranteed", AGENT_NODE, {"memwatch.io/limit": "20Mi"}, [("main", "64Mi", CID_G)], uid=UID_G,
             qos="Guaranteed"),
+        # A copy of that one (its cgroups copied by fixture_tree), held by its Deployment's budget.
+        pod("held-on-node1", AGENT_NODE, {"memwatch.io/limit": "20Mi"} | NO_BUDGET, [("main", "64Mi", CID_HELD)],
+            uid=UID_HELD, qos="Guaranteed", deployment="held-on-node1"),
     ]
     # HTTP 500 for every eviction of these two (the last status repeats).
     api.eviction = {"failing": deque([500]), "guaranteed": deque([500])}
 
 
 def serve_metrics(api: ClusterApi) -> None:
-    """PodMetrics as of now: 300Mi for two pods; for a third, a sample ten minutes old (after the
+    """PodMetrics as of now: 300Mi for three pods; for a fourth, a sample ten minutes old (after the
     pod started, but older than the chart's maxSampleAge of 60s)."""
     now = time.time()
     api.pod_metrics = [pod_metrics(SHOP, "evicted", iso(now), {"app": "300Mi"}),
                        pod_metrics(SHOP, "failing", iso(now), {"app": "300Mi"}),
+                       pod_metrics(SHOP, "held", iso(now), {"app": "300Mi"}),
                        pod_metrics(SHOP, "stale", iso(now - 600), {"app": "300Mi"})]
 
 
@@ -408,9 +428,13 @@ def metrics_text(port: int) -> str:
 
 def fixture_tree(directory: Path) -> Path:
     """A copy of the v1 fixture tree whose kubepods cgroup has a hard limit 25Mi above its working
-    set: under the node guard's soft line (10%, about 35Mi), over its hard one (5%)."""
+    set: under the node guard's soft line (10%, about 35Mi), over its hard one (5%); and a copy of
+    the Guaranteed pod's cgroups as pod UID_HELD, container CID_HELD."""
     tree = directory / "cgroup"
     shutil.copytree(AGENT_FIXTURE, tree)
+    held = tree / "memory" / "kubepods" / f"pod{UID_HELD}"
+    shutil.copytree(tree / "memory" / "kubepods" / f"pod{UID_G}", held)
+    (held / CID_G).rename(held / CID_HELD)
     (tree / "memory" / "kubepods" / "memory.limit_in_bytes").write_text(f"{KUBEPODS_WS + 25 * MiB}\n")
     return tree
 
@@ -653,9 +677,9 @@ def test_dashboard_queries_are_valid_and_return_data(run: Run) -> None:
 
 
 def test_alerts_without_for_fire(run: Run) -> None:
-    """The failed evictions (the controller's and the agent's) and the node guard's dry-run action
-    fire their alerts, which have no `for`: the whole expressions work on real series, not only
-    their selectors."""
+    """The failed evictions (the controller's and the agent's), the pods held by a spent restart
+    budget (one each) and the node guard's dry-run action fire their alerts, which have no `for`:
+    the whole expressions work on real series, not only their selectors."""
     def firing() -> dict[str, list[Obj]]:
         out: dict[str, list[Obj]] = {}
         for alert in run.prometheus.api("alerts")["data"]["alerts"]:
@@ -663,20 +687,23 @@ def test_alerts_without_for_fire(run: Run) -> None:
                 out.setdefault(alert["labels"]["alertname"], []).append(alert["labels"])
         return out
 
-    wanted = {"MemwatchActionsFailing", "MemwatchNodeGuardActing"}
+    wanted = {"MemwatchActionsFailing", "MemwatchRestartBudgetExhausted", "MemwatchNodeGuardActing"}
     assert all("for" not in run.alerts[name] for name in wanted)
     poll(lambda: wanted <= set(firing()), time.monotonic() + 15)
     now = firing()
     assert wanted <= set(now), f"firing: {now}\n{run.why()}"
     sources = {labels["source"] for labels in now["MemwatchActionsFailing"]}
     assert len(sources) == 2, f"one failing-actions alert for the controller's source and one for the agent's: {now}"
+    held = {labels["source"] for labels in now["MemwatchRestartBudgetExhausted"]}
+    assert held == {"metrics-api", "cgroup"}, f"one budget alert for each component's source: {now}"
     assert {labels["node"] for labels in now["MemwatchNodeGuardActing"]} == {AGENT_NODE}
 
 
 def test_the_scenario_happened(run: Run) -> None:
-    """What the fake cluster scripted happened, as Prometheus saw it: each component evicted one pod
-    and failed to evict another, the controller skipped a stale and a missing sample and counted its
-    failed usage read, the node guard would have evicted (dry-run), and the controller leads."""
+    """What the fake cluster scripted happened, as Prometheus saw it: each component evicted one pod,
+    failed to evict another and held a third (restart budget), the controller skipped a stale and a
+    missing sample and counted its failed usage read, the node guard would have evicted (dry-run),
+    and the controller leads."""
     def labels(selector: str, *names: str) -> set[tuple[str, ...]]:
         return {tuple(s["metric"].get(n, "") for n in names) for s in run.prometheus.series(selector)}
 
@@ -689,6 +716,8 @@ def test_the_scenario_happened(run: Run) -> None:
                                                                          ("agent", "evicted")}),
             ("memwatch_samples_skipped_total", ("reason",), {("stale",), ("missing",)}),
             ("memwatch_source_errors_total > 0", ("source",), {("metrics-api",)}),
+            ("memwatch_budget_exhausted_total", ("job", "source"), {("controller", "metrics-api"),
+                                                                    ("agent", "cgroup")}),
             ("memwatch_node_guard_actions_total", ("node", "action"), {(AGENT_NODE, "would-evict")}),
             ("memwatch_node_guard_level", ("node",), {(AGENT_NODE,)}),
             ("memwatch_leader == 1", ("job",), {("controller",)}),
@@ -703,7 +732,7 @@ def test_the_scenario_happened(run: Run) -> None:
     leases = [lease["spec"]["holderIdentity"] for lease in run.api.leases.values()]
     assert leases == [CONTROLLER_POD]
     # Nothing was written for real by the node guard in dry-run: the only evictions are the two
-    # components' own (and the failing ones, retried).
+    # components' own (and the failing ones, retried); none of the held pods.
     evicted = {r.path.split("/")[-2] for r in run.api.requests("POST", r".*/eviction")}
     assert evicted == {"evicted", "failing", "leaky", "guaranteed"}
 

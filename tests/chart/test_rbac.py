@@ -24,6 +24,16 @@ NODE_STATS: Rule = (("",), ("nodes/stats",), (), ("get",))
 NODE_GET: Rule = (("",), ("nodes",), (), ("get",))
 NODE_EVENT: Rule = (("",), ("events",), (), ("create",))
 LEASE_CREATE: Rule = (("coordination.k8s.io",), ("leases",), (), ("create",))
+# The memwatch.io policies (charts/memwatch/crds/): read by both, their status written by the controller
+# only, never the policies themselves; Namespaces read for a ClusterMemwatchPolicy's namespaceSelector.
+POLICY_READ: Rule = (("memwatch.io",), ("memwatchpolicies", "clustermemwatchpolicies"), (), ("get", "list", "watch"))
+POLICY_STATUS: Rule = (("memwatch.io",), ("memwatchpolicies/status", "clustermemwatchpolicies/status"), (),
+                       ("get", "patch"))
+NS_POLICY_READ: Rule = (("memwatch.io",), ("memwatchpolicies",), (), ("get", "list", "watch"))
+NS_POLICY_STATUS: Rule = (("memwatch.io",), ("memwatchpolicies/status",), (), ("get", "patch"))
+CLUSTER_POLICY_READ: Rule = (("memwatch.io",), ("clustermemwatchpolicies",), (), ("get", "list", "watch"))
+CLUSTER_POLICY_STATUS: Rule = (("memwatch.io",), ("clustermemwatchpolicies/status",), (), ("get", "patch"))
+NAMESPACES_READ: Rule = (("",), ("namespaces",), (), ("list", "watch"))
 
 
 def lease_use(name: str) -> Rule:
@@ -56,12 +66,16 @@ def expected_rbac(values: Obj) -> dict[tuple[str, str | None, str], list[Rule]]:
     cluster_rules = [NODE_STATS, NODE_GET] if values["source"] in ("auto", "kubelet") else []
     watched = values["namespaces"]
     roles: dict[tuple[str, str | None, str], list[Rule]] = {}
+    # The policies: all in the ClusterRole cluster-wide; with namespaces, MemwatchPolicies in each Role and
+    # only the cluster-scoped ClusterMemwatchPolicies (and Namespaces) in the ClusterRole, which is then
+    # always there.
     if not watched:
-        cluster_rules = controller_rules + cluster_rules
+        cluster_rules = [*controller_rules, *cluster_rules, POLICY_READ, POLICY_STATUS, NAMESPACES_READ]
+    else:
+        cluster_rules = [*cluster_rules, CLUSTER_POLICY_READ, CLUSTER_POLICY_STATUS, NAMESPACES_READ]
     for namespace in watched:
-        roles[("Role", namespace, fullname)] = controller_rules
-    if cluster_rules:
-        roles[("ClusterRole", None, fullname)] = cluster_rules
+        roles[("Role", namespace, fullname)] = [*controller_rules, NS_POLICY_READ, NS_POLICY_STATUS]
+    roles[("ClusterRole", None, fullname)] = cluster_rules
     # With agents, the controller follows their pods in its own namespace (--defer-to-agents).
     agent = values["agent"]
     agent_pods = [POD_READ] if agent["enabled"] and (agent.get("evict", True) or agent.get("kill")) else []
@@ -69,12 +83,13 @@ def expected_rbac(values: Obj) -> dict[tuple[str, str | None, str], list[Rule]]:
     if values["agent"]["enabled"]:
         if watched:
             for namespace in watched:
-                roles[("Role", namespace, f"{fullname}-agent")] = agent_rules
+                roles[("Role", namespace, f"{fullname}-agent")] = [*agent_rules, NS_POLICY_READ]
+            roles[("ClusterRole", None, f"{fullname}-agent")] = [CLUSTER_POLICY_READ, NAMESPACES_READ]
             # The node guard's Event on the Node lives in default (a Node is cluster-scoped): create only.
             if agent["nodeGuard"]["mode"] != "off" and "default" not in watched:
                 roles[("Role", "default", f"{fullname}-agent-node-events")] = [NODE_EVENT]
         else:
-            roles[("ClusterRole", None, f"{fullname}-agent")] = agent_rules
+            roles[("ClusterRole", None, f"{fullname}-agent")] = [*agent_rules, POLICY_READ, NAMESPACES_READ]
     return {key: sorted(rules) for key, rules in roles.items()}
 
 
@@ -185,7 +200,8 @@ def test_expected_rbac_follows_defaults(chart: Any) -> None:
     """The spec function itself, on the defaults: the issue's list, nothing else."""
     expected = expected_rbac(deep_merge(chart.values, {}))
     assert expected[("ClusterRole", None, "memwatch")] == sorted([POD_READ, EVICT, EVENTS, METRICS, NODE_STATS,
-                                                                  NODE_GET])
+                                                                  NODE_GET, POLICY_READ, POLICY_STATUS,
+                                                                  NAMESPACES_READ])
     assert DELETE not in expected[("ClusterRole", None, "memwatch")]
 
 
@@ -214,12 +230,18 @@ def test_kill_only_agent_can_neither_evict_nor_delete(render: Any, namespaces: l
     agent_roles = [r for kind in ROLE_KINDS for r in rendered.of_kind(kind)
                    if r["metadata"]["labels"]["app.kubernetes.io/component"] == "agent"
                    and not r["metadata"]["name"].endswith("-node-events")]  # events create only, in default
-    assert len(agent_roles) == max(1, len(namespaces))
+    # One per namespace, and the ClusterRole (with namespaces: the cluster-scoped policies and Namespaces).
+    assert len(agent_roles) == len(namespaces) + 1
+    policy_reads = {(res, verb) for res in ("memwatchpolicies", "clustermemwatchpolicies", "namespaces")
+                    for verb in ("get", "list", "watch")} - {("namespaces", "get")}
     for role in agent_roles:
         granted = {(res, verb) for rule in role["rules"] for res in rule["resources"] for verb in rule["verbs"]}
         assert ("pods/eviction", "create") not in granted and ("pods", "delete") not in granted
-        assert granted == {("pods", "get"), ("pods", "list"), ("pods", "watch"),
-                           ("events", "create"), ("events", "patch"), ("events", "list"), ("events", "watch")}
+        if role["kind"] == "ClusterRole" and namespaces:
+            assert granted == {(r, v) for r, v in policy_reads if r != "memwatchpolicies"}
+            continue
+        assert granted - policy_reads == {("pods", "get"), ("pods", "list"), ("pods", "watch"), ("events", "create"),
+                                          ("events", "patch"), ("events", "list"), ("events", "watch")}
     # The controller keeps its own: evictions happen, through it.
     controller_roles = [r for kind in ROLE_KINDS for r in rendered.of_kind(kind)
                         if r["metadata"]["labels"]["app.kubernetes.io/component"] == "controller"]

@@ -39,6 +39,8 @@ SAMPLES: dict[Any, tuple[str, Any]] = {
     s._address_types: ("Hostname,InternalIP", ("Hostname", "InternalIP")),
     s._line: ("7%", s.Line.parse("7%")),  # between the default hard (5%) and soft (10%) lines
     s._optional_percent: ("25%", 25.0),
+    s._restart_budget: ("5/30m", s.RestartBudget(5, 1800.0)),
+    s._min_pod_age: ("2m", 120.0),
 }
 
 TABLES = {"run": COMMON + RUN, "agent": COMMON + AGENT}

@@ -7,6 +7,7 @@ from the command's own output.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import os
@@ -19,7 +20,7 @@ import sys
 import threading
 import time
 import tomllib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import metadata
 from pathlib import Path
@@ -30,6 +31,7 @@ import pytest
 from memwatch import cli, status
 from memwatch.observability import (
     REASON_BLOCKED,
+    REASON_BUDGET_EXHAUSTED,
     REASON_DRY_RUN,
     REASON_EVICTED,
     REASON_INVALID,
@@ -42,7 +44,7 @@ from memwatch.policy import Defaults
 from memwatch.protections import Protections
 from memwatch.quantity import format_bytes, parse_duration
 
-from .fakeapi import METRICS, FakeApiServer, pod_metrics, summary, summary_pod, write_kubeconfig
+from .fakeapi import METRICS, FakeApiServer, pod_metrics, status_body, summary, summary_pod, write_kubeconfig
 from .fakekubelet import TOKEN, KubeletApiServer, Pki
 from .fakes import GI, MI, iso, make_pod
 
@@ -107,6 +109,89 @@ def memwatch_event(pod: dict[str, Any], reason: str, at: float, message: str = "
     if component != "memwatch":
         event["reportingComponent"] = component
     return event
+
+
+# ---------------------------------------------------------------------------------------------
+# The fake API server with the policy CRDs (installed, no policy, unless a test says otherwise)
+
+POLICY_API = "/apis/memwatch.io/v1alpha1"
+POLICY_LISTS = re.compile(POLICY_API + r"(?:/namespaces/([^/]+))?/(memwatchpolicies|clustermemwatchpolicies)")
+
+
+class PolicyRoutes(FakeApiServer):
+    """Also serves both kinds of policy (``crds`` False: not installed, 404) and Namespaces with their
+    labels (``namespace_labels``), one by name and as a LIST. A LIST's items carry no kind, as the
+    API server's do. ``refusals`` still come first."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.crds = True
+        self.policies: list[dict[str, Any]] = []
+        self.namespace_labels: dict[str, dict[str, str]] = {}
+
+    def _namespace(self, name: str) -> dict[str, Any]:
+        return {"kind": "Namespace", "apiVersion": "v1", "status": {"phase": "Active"},
+                "metadata": {"name": name, "labels": self.namespace_labels.get(name, {})}}
+
+    def _route(self, h: BaseHTTPRequestHandler, method: str, path: str, query: dict[str, str],
+               body: Any) -> tuple[int, Any]:
+        refused = any(verb == method and re.fullmatch(p, path) for verb, p, _, _ in self.refusals)
+        if method != "GET" or refused:
+            return super()._route(h, method, path, query, body)
+        m = POLICY_LISTS.fullmatch(path)
+        if m:
+            if not self.crds:
+                return 404, status_body(404, "NotFound", "the server could not find the requested resource")
+            kind = "MemwatchPolicy" if m.group(2) == "memwatchpolicies" else "ClusterMemwatchPolicy"
+            if kind == "ClusterMemwatchPolicy" and m.group(1):
+                return 404, status_body(404, "NotFound", "a cluster-scoped resource has no namespace")
+            items = [{k: v for k, v in p.items() if k != "kind"} for p in self.policies if p["kind"] == kind
+                     and m.group(1) in (None, p["metadata"].get("namespace"))]
+            return 200, {"kind": f"{kind}List", "apiVersion": "memwatch.io/v1alpha1", "metadata": {}, "items": items}
+        known = self.namespaces | set(self.namespace_labels) | {p["metadata"]["namespace"] for p in self.pods}
+        if path == "/api/v1/namespaces":
+            return 200, {"kind": "NamespaceList", "apiVersion": "v1", "metadata": {},
+                         "items": [self._namespace(n) for n in sorted(known)]}
+        m = re.fullmatch(r"/api/v1/namespaces/([^/]+)", path)
+        if m and m.group(1) in known:
+            return 200, self._namespace(m.group(1))
+        return super()._route(h, method, path, query, body)
+
+
+class StatusApiServer(PolicyRoutes):
+    """The fake API server, with the policy CRDs."""
+
+
+class StatusKubeletApiServer(PolicyRoutes, KubeletApiServer):
+    """The fake API server whose Nodes' kubelets are fake HTTPS servers, with the policy CRDs."""
+
+
+@pytest.fixture
+def api() -> Iterator[StatusApiServer]:
+    server = StatusApiServer()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def kubelet_api(pki: Pki) -> Iterator[StatusKubeletApiServer]:
+    server = StatusKubeletApiServer(pki)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def policy(kind: str, name: str, spec: dict[str, Any], namespace: str | None = None) -> dict[str, Any]:
+    """A MemwatchPolicy (with ``namespace``) or ClusterMemwatchPolicy object as the API returns it."""
+    meta: dict[str, Any] = {"name": name, "uid": f"uid-{name}", "generation": 1}
+    if namespace:
+        meta["namespace"] = namespace
+    return {"apiVersion": "memwatch.io/v1alpha1", "kind": kind, "metadata": meta, "spec": spec}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -239,10 +324,14 @@ def test_json_field_by_field(scene: Scene) -> None:
     bad = pods["bad"]
     assert bad["action"] == "invalid" and bad["watch_limit_bytes"] is None and bad["headroom_bytes"] is None
     assert bad["problems"] and "memwatch.io/limit='lots'" in bad["problems"][0]
-    # One bulk usage read, one pod LIST, one Event LIST, one namespace check: nothing per pod.
+    # One bulk usage read, one pod LIST, one LIST of each kind of policy, one Event LIST, one
+    # namespace check: nothing per pod (and no namespace labels: no policy selects namespaces by label).
     gets = [r.path for r in scene.api.requests("GET")]
     assert sorted(gets) == sorted([METRICS, METRICS + "/namespaces/shop/pods", "/api/v1/namespaces/shop",
-                                   "/api/v1/namespaces/shop/pods", "/api/v1/namespaces/shop/events"])
+                                   "/api/v1/namespaces/shop/pods", "/api/v1/namespaces/shop/events",
+                                   POLICY_API + "/namespaces/shop/memwatchpolicies",
+                                   POLICY_API + "/clustermemwatchpolicies"])
+    assert all(p["policies"] == [] and p["workload"] is None for p in doc["pods"])
     assert scene.api.requests("GET", "/api/v1/namespaces/shop/events")[0].query["fieldSelector"] == "source=memwatch"
     assert scene.api.writes() == []
 
@@ -726,3 +815,200 @@ def test_a_server_that_is_not_kubernetes(tmp_path: Path) -> None:
     finally:
         server.shutdown()
         server.server_close()
+
+
+# ---------------------------------------------------------------------------------------------
+# Policies: pods resolved as the controller resolves them, and where each watch limit comes from
+
+WEB_LIMIT, WEB_USED, OWN_LIMIT, SIDE_LIMIT, BATCH_SIDE_USED = 600 * MI, 500 * MI, 700 * MI, 300 * MI, 280 * MI
+CRDS_MISSING = ("memwatch status: the memwatch.io policy CRDs are not installed: no MemwatchPolicy or "
+                "ClusterMemwatchPolicy applies; watch limits come from annotations only")
+
+
+def with_policies(scene: Scene) -> StatusApiServer:
+    """The scene plus pods that only policies watch, and the policies: in shop, a MemwatchPolicy giving
+    app=web pods a limit and action delete; cluster-wide, a ClusterMemwatchPolicy giving tier=batch pods
+    of team=shop namespaces a limit on their `side` container; in blog, a MemwatchPolicy watching every
+    pod; and an invalid one (never applied)."""
+    api = scene.api
+    assert isinstance(api, StatusApiServer)
+    web = {"app": "web"}
+    extra = {
+        "web": make_pod("web", "shop", annotations={}, labels=web),  # only the policy watches it
+        "own": make_pod("own", "shop", annotations={"memwatch.io/limit": "700Mi"}, labels=web),  # its own limit
+        "batch": make_pod("batch", "shop", annotations={}, labels={"tier": "batch"},
+                          containers=[("app", "512Mi"), ("side", "512Mi")]),
+        "post": make_pod("post", "blog", annotations={}, labels=web),
+        "loner": make_pod("loner", "shop", annotations={}, labels={"app": "other"}),  # nothing selects it
+    }
+    scene.pods.update(extra)
+    api.pods = list(scene.pods.values())
+    t = iso(scene.sampled)
+    api.pod_metrics += [pod_metrics("shop", "web", t, {"app": f"{WEB_USED // MI}Mi"}),
+                        pod_metrics("shop", "own", t, {"app": f"{WEB_USED // MI}Mi"}),
+                        pod_metrics("shop", "batch", t, {"app": "100Mi", "side": f"{BATCH_SIDE_USED // MI}Mi"}),
+                        pod_metrics("blog", "post", t, {"app": "10Mi"}),
+                        pod_metrics("shop", "loner", t, {"app": "900Mi"})]
+    api.policies = [
+        policy("MemwatchPolicy", "limits", {"podSelector": {"matchLabels": web}, "limit": "600Mi", "action": "delete"},
+               "shop"),
+        policy("MemwatchPolicy", "broken", {"podSelector": {"matchLabels": web}, "limit": "lots"}, "shop"),
+        policy("ClusterMemwatchPolicy", "batch", {"namespaceSelector": {"matchLabels": {"team": "shop"}},
+                                                  "podSelector": {"matchLabels": {"tier": "batch"}},
+                                                  "containers": {"side": "300Mi"}}),
+        policy("MemwatchPolicy", "everything", {"limit": "1Gi"}, "blog"),
+    ]
+    api.namespace_labels = {"shop": {"team": "shop"}, "blog": {"team": "blog"}}
+    return api
+
+
+def test_policy_watched_pods_say_which_policy_set_their_limit(scene: Scene) -> None:
+    api = with_policies(scene)
+    code, out, err = run(*scene.argv("-o", "json"))
+    assert code == 0 and err == "", err
+    pods = {p["name"]: p for p in json.loads(out)["pods"]}
+    assert set(pods) == {"near", "far", "over", "split", "bad", "web", "own", "batch"}  # not loner, not blog's
+    web, own, batch = pods["web"], pods["own"], pods["batch"]
+    assert (web["limit_from"], web["watch_limit_bytes"], web["scope"], web["action"]) == \
+        ("MemwatchPolicy shop/limits", WEB_LIMIT, "pod", "delete")
+    assert web["headroom_bytes"] == WEB_LIMIT - WEB_USED and web["policies"] == ["MemwatchPolicy shop/limits"]
+    # Its own annotation's limit wins; the policy still gives it its action.
+    assert (own["limit_from"], own["watch_limit_bytes"], own["action"]) == ("annotation", OWN_LIMIT, "delete")
+    assert own["policies"] == ["MemwatchPolicy shop/limits"]
+    assert (batch["limit_from"], batch["watch_limit_bytes"], batch["scope"], batch["working_set_bytes"]) == \
+        ("ClusterMemwatchPolicy batch", SIDE_LIMIT, "container:side", BATCH_SIDE_USED)
+    assert batch["policies"] == ["ClusterMemwatchPolicy batch"] and batch["action"] == "evict"
+    # Annotated pods no policy selects are as they were.
+    assert pods["near"]["limit_from"] == "annotation" and pods["near"]["policies"] == []
+    # The table says the same; the namespace's labels were read once, for the cluster policy's namespaceSelector.
+    code, out, _ = run(*scene.argv())
+    by = {r["POD"]: r for r in table(out)}
+    assert {name: by[f"shop/{name}"]["FROM"] for name in ("web", "own", "batch", "near")} == {
+        "web": "MemwatchPolicy shop/limits", "own": "annotation", "batch": "ClusterMemwatchPolicy batch",
+        "near": "annotation"}
+    assert by["shop/web"]["WATCH LIMIT"] == "600Mi" and by["shop/web"]["ACTION"] == "delete"
+    assert by["shop/web"]["HEADROOM"] == headroom_text(WEB_LIMIT, WEB_USED)
+    assert by["shop/batch"]["HEADROOM"] == headroom_text(SIDE_LIMIT, BATCH_SIDE_USED)
+    assert not api.requests("GET", "/api/v1/namespaces"), "one namespace: its own labels, no LIST"
+
+
+def test_policies_of_every_namespace_with_all_namespaces(scene: Scene) -> None:
+    api = with_policies(scene)
+    api.clear()
+    code, out, err = run(*scene.argv("-A", "-o", "json"))
+    assert code == 0 and err == "", err
+    pods = {(p["namespace"], p["name"]): p for p in json.loads(out)["pods"]}
+    assert pods[("blog", "post")]["limit_from"] == "MemwatchPolicy blog/everything"
+    assert pods[("blog", "post")]["watch_limit_bytes"] == GI
+    assert pods[("shop", "web")]["limit_from"] == "MemwatchPolicy shop/limits"  # not blog's
+    assert pods[("shop", "batch")]["limit_from"] == "ClusterMemwatchPolicy batch"
+    assert ("shop", "loner") not in pods
+    gets = {r.path for r in api.requests("GET")}
+    assert {POLICY_API + "/memwatchpolicies", POLICY_API + "/clustermemwatchpolicies", "/api/v1/namespaces"} <= gets
+    assert not any("/namespaces/shop/memwatchpolicies" in path for path in gets)
+
+
+def test_no_policy_crds_said_once_and_annotations_only(scene: Scene) -> None:
+    api = with_policies(scene)
+    api.crds = False
+    code, out, err = run(*scene.argv())
+    assert code == 0
+    assert err.splitlines() == [CRDS_MISSING]
+    by = {r["POD"]: r for r in table(out)}
+    assert set(by) == {"shop/near", "shop/far", "shop/over", "shop/split", "shop/bad", "shop/own"}
+    assert {r["FROM"] for r in by.values() if r["WATCH LIMIT"] != "-"} == {"annotation"}
+    assert by["shop/own"]["ACTION"] == "evict"  # no policy gives it delete
+    code, out, err = run(*scene.argv("-o", "json"))
+    assert code == 0 and json.loads(out)["notes"] == [CRDS_MISSING[len("memwatch status: "):]]
+
+
+def test_no_policy_crds_said_once_with_watch(scene: Scene) -> None:
+    """--watch: the note in the first frame only (the reads go on every interval)."""
+    assert isinstance(scene.api, StatusApiServer)
+    scene.api.crds = False
+    out, err = io.StringIO(), io.StringIO()
+    args = status.build_parser(env={}).parse_args(scene.argv("--watch", "--interval", "1s"))
+    kube, opts, source = status.connect(args, {})
+    reader = status.Reader(kube, opts, source)
+    view = status.View(opts, out, err, {})
+    sleeps = 0
+
+    def sleep(seconds: float) -> None:
+        nonlocal sleeps
+        sleeps += 1
+        if sleeps == 3:
+            raise KeyboardInterrupt
+
+    assert status.watch(reader, view, reader.read(), sleep=sleep) == 0
+    frames = [f for f in out.getvalue().split("\n\n") if f.strip()]
+    assert len(frames) == 3
+    note = "! " + CRDS_MISSING[len("memwatch status: "):]
+    assert [note in f for f in frames] == [True, False, False]
+    assert len(scene.api.requests("GET", POLICY_API + "/clustermemwatchpolicies")) == 3
+    assert err.getvalue() == ""
+
+
+def test_policies_forbidden_said_once_never_a_failure(scene: Scene) -> None:
+    with_policies(scene)
+    scene.api.refusals = [
+        ("GET", POLICY_API + "/namespaces/shop/memwatchpolicies", 403, "memwatchpolicies.memwatch.io is forbidden"),
+        ("GET", POLICY_API + "/clustermemwatchpolicies", 403, "clustermemwatchpolicies.memwatch.io is forbidden")]
+    code, out, err = run(*scene.argv())
+    assert code == 0
+    assert err.splitlines() == [
+        "memwatch status: cannot list MemwatchPolicy objects in namespace shop: HTTP 403 Forbidden: "
+        "memwatchpolicies.memwatch.io is forbidden; cannot list ClusterMemwatchPolicy objects: HTTP 403 Forbidden: "
+        "clustermemwatchpolicies.memwatch.io is forbidden; pods are resolved without them"]
+    by = {r["POD"]: r for r in table(out)}
+    assert "shop/web" not in by and by["shop/own"]["FROM"] == "annotation" and by["shop/near"]["WATCH LIMIT"]
+    # One kind readable: its policies apply; the line names the other only.
+    scene.api.refusals = scene.api.refusals[1:]
+    code, out, err = run(*scene.argv("-o", "json"))
+    assert code == 0 and err.splitlines() == [
+        "memwatch status: cannot list ClusterMemwatchPolicy objects: HTTP 403 Forbidden: "
+        "clustermemwatchpolicies.memwatch.io is forbidden; pods are resolved without them"]
+    pods = {p["name"]: p for p in json.loads(out)["pods"]}
+    assert pods["web"]["limit_from"] == "MemwatchPolicy shop/limits" and "batch" not in pods
+
+
+def test_namespace_labels_unreadable_leave_out_the_policies_that_need_them(scene: Scene) -> None:
+    with_policies(scene)
+    scene.api.refusals = [("GET", "/api/v1/namespaces/shop", 403, 'namespaces "shop" is forbidden')]
+    code, out, err = run(*scene.argv("-o", "json"))
+    assert code == 0
+    assert err.splitlines() == [
+        "memwatch status: cannot get namespace shop (for their labels): HTTP 403 Forbidden: namespaces \"shop\" "
+        "is forbidden; ClusterMemwatchPolicies that select namespaces by label are left out"]
+    pods = {p["name"]: p for p in json.loads(out)["pods"]}
+    assert "batch" not in pods and pods["web"]["limit_from"] == "MemwatchPolicy shop/limits"
+
+
+def test_policies_credentials_refused_is_the_error(scene: Scene) -> None:
+    scene.api.refusals = [("GET", POLICY_API + "/clustermemwatchpolicies", 401, "Unauthorized")]
+    _one_line_error(*run(*scene.argv()), 1, "refused your credentials (list ClusterMemwatchPolicy objects)")
+
+
+def test_budget_exhausted_is_a_last_action(scene: Scene) -> None:
+    held_at, message = scene.now - 30, "Not acted on: the workload's restart budget is spent"
+    scene.api.events.append(memwatch_event(scene.pods["far"], REASON_BUDGET_EXHAUSTED, held_at, message))
+    code, out, _ = run(*scene.argv("-o", "json"))
+    assert code == 0
+    far = next(p for p in json.loads(out)["pods"] if p["name"] == "far")
+    assert far["last_action"] == {"reason": REASON_BUDGET_EXHAUSTED, "result": "budget-exhausted",
+                                  "time": iso(held_at), "message": message}
+    code, out, _ = run(*scene.argv())
+    row = next(r for r in table(out) if r["POD"] == "shop/far")
+    assert re.fullmatch(r"budget-exhausted \S+ ago", row["LAST ACTION"]), row["LAST ACTION"]
+
+
+def test_limit_origin_names_the_key_of_the_limit() -> None:
+    """A container's limit comes from its own key, the pod's from memwatch.io/limit."""
+    pod = make_pod("p", "shop", annotations={"memwatch.io/limit": "1Gi"}, containers=[("app", "1Gi")])
+    record = build_record(pod, Defaults(), Protections().reason)
+    assert record is not None and record.policy is not None
+    sources = {"memwatch.io/limit": "annotation", "memwatch.io/limit.app": "MemwatchPolicy shop/apps"}
+    pod_limit = record.policy.limits[0]
+    app_limit = dataclasses.replace(pod_limit, container="app")
+    assert status.limit_origin(record, pod_limit, sources) == "annotation"
+    assert status.limit_origin(record, app_limit, sources) == "MemwatchPolicy shop/apps"
+    assert status.limit_origin(record, app_limit) == "annotation"  # a snapshot without sources

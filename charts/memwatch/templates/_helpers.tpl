@@ -273,6 +273,8 @@ Flags shared by `memwatch run` and `memwatch agent`, one list item each.
 - {{ printf "--default-grace-period=%d" (int64 .Values.defaultPolicy.gracePeriod) | quote }}
 {{- end }}
 - {{ printf "--default-for=%s" .Values.defaultPolicy.for | quote }}
+- {{ printf "--default-restart-budget=%s" .Values.defaultPolicy.restartBudget | quote }}
+- {{ printf "--default-min-pod-age=%s" .Values.defaultPolicy.minPodAge | quote }}
 {{- if .Values.eviction.escalate }}
 - --escalate
 {{- end }}
