@@ -194,7 +194,10 @@ def test_kubelet_source_reads_real_working_set(scenario: Scenario, cluster: Clus
         assert set(usage.containers) == {"hog"}
         assert -2 <= now - usage.timestamp <= 45, f"{name}: sample {now - usage.timestamp:.1f}s old"
     # The controller's own sweeps: at most one Summary GET per sweep (one node hosts every pod);
-    # the sweep under way may have read already but not yet counted itself.
+    # the sweep under way may have read already but not yet counted itself. Its first sweep waits
+    # for every one of its watches to have listed (pods, Events, policies, namespaces), which under
+    # load can come after this test's own read above: wait for it rather than assume it.
+    wait_sweeps(scenario.controller, 1, timeout=60)
     summaries = scenario.controller.kube.request_count("GET", "nodes/stats")
     assert 0 < summaries <= scenario.controller.sweeper.sweeps + 1
 
