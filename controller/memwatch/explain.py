@@ -79,7 +79,7 @@ from memwatch.policyset import (
 )
 from memwatch.protections import SYSTEM_CLUSTER_CRITICAL, Protections
 from memwatch.quantity import format_bytes, parse_time
-from memwatch.status import NAMESPACE, StatusError, _duration, _Parser, garbled
+from memwatch.status import NAMESPACE, StatusError, _duration, _Parser, _printable, garbled
 from memwatch.status import explain as api_error
 
 if TYPE_CHECKING:
@@ -507,11 +507,6 @@ def explain_subject(subject: Subject, scene: Scene, ctl: Controller) -> dict[str
 
 
 # -- text --------------------------------------------------------------------------------------
-
-
-def _printable(text: str) -> str:
-    """Control characters from the cluster or a file never reach the terminal as such."""
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def render_text(doc: Mapping[str, Any]) -> str:
