@@ -439,9 +439,10 @@ class FakeMetrics:
     def _now() -> bytes:
         return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ").encode()
 
-    def list_body(self) -> bytes:
+    def list_body(self, stamp: bytes | None = None) -> bytes:
+        """The LIST body, every item stamped ``stamp`` (default: now, to the second)."""
         with self._lock:
-            return self._body.replace(b"__TS__", self._now())
+            return self._body.replace(b"__TS__", stamp or self._now())
 
     def get_body(self, ns: str, name: str) -> bytes | None:
         item = self._item(ns, name)
@@ -758,6 +759,8 @@ class Context:
 
     quick: bool
     log: Callable[[str], None] = print
+    #: Data for bench/pictures.py, by picture (None: no pictures are drawn, collect nothing).
+    pictures: dict[str, Any] | None = None
     _api: Api | None = None
     _farm: PodFarm | None = None
 

@@ -165,13 +165,22 @@ def _raw_pod(i: int) -> dict[str, Any]:
 
 
 class _BodyKube:
-    """Stands in for :class:`memwatch.kube.Kube`: answers the metrics LIST from a bytes body."""
+    """Stands in for :class:`memwatch.kube.Kube`: answers the metrics LIST from a bytes body whose
+    samples are new (a later timestamp on every item) every ``fresh_every`` reads: 1 is the worst case
+    (metrics-server scraped every node between two sweeps), 3 is its default cadence against memwatch's
+    (a 15 s metric resolution, a 5 s sweep)."""
 
-    def __init__(self, metrics: FakeMetrics) -> None:
+    def __init__(self, metrics: FakeMetrics, fresh_every: int = 1) -> None:
         self.metrics = metrics
+        self.fresh_every = fresh_every
+        self.reads = 0
+        self.base = time.time() - 600
 
     def get_json(self, path: str, query: Any = None, timeout: float | None = None) -> Any:
-        return loads(self.metrics.list_body())  # the decoder Kube.get_json uses
+        scrape = self.reads // self.fresh_every
+        self.reads += 1
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.base + scrape)).encode()
+        return loads(self.metrics.list_body(stamp))  # the decoder Kube.get_json uses
 
 
 def sweep_cpu(n: int, sweeps: int) -> dict[str, float]:
@@ -189,7 +198,6 @@ def sweep_cpu(n: int, sweeps: int) -> dict[str, float]:
     metrics.set_pods([("bench", f"p-{i:05d}") for i in range(n)])
     recorder = Recorder(None, Metrics())
     enforcer = Enforcer(None, recorder, EnforcerSettings(dry_run=True))
-    source = MetricsApiSource(_BodyKube(metrics))  # type: ignore[arg-type]
 
     class Prebuilt:
         name = "prebuilt"
@@ -199,7 +207,8 @@ def sweep_cpu(n: int, sweeps: int) -> dict[str, float]:
             self.samples = {r.uid: Usage({"app": 16 << 20}, now, "prebuilt") for r in index.snapshot()}
 
         def fetch(self, records: Any) -> dict[str, Usage]:
-            return self.samples
+            now = time.time()  # new objects every sweep: every sample is judged (the decide worst case)
+            return {uid: Usage(u.containers, now, u.source) for uid, u in self.samples.items()}
 
     def measure(src: Any) -> list[float]:
         sweeper = Sweeper(index, src, enforcer, recorder, interval=5.0, max_sample_age=3600.0)
@@ -212,10 +221,11 @@ def sweep_cpu(n: int, sweeps: int) -> dict[str, float]:
             assert report.sampled == n, report
         return out
 
-    full = measure(source)
+    full = measure(MetricsApiSource(_BodyKube(metrics, 1)))  # type: ignore[arg-type]
+    cadence = measure(MetricsApiSource(_BodyKube(metrics, 3)))  # type: ignore[arg-type]
     decide = measure(Prebuilt())
-    return {"p50": pct(full, 50), "p99": pct(full, 99), "decide_p50": pct(decide, 50),
-            "decide_p99": pct(decide, 99)}
+    return {"p50": pct(full, 50), "p99": pct(full, 99), "cadence_p50": pct(cadence, 50),
+            "cadence_p99": pct(cadence, 99), "decide_p50": pct(decide, 50), "decide_p99": pct(decide, 99)}
 
 
 def poller_cpu(n: int) -> float:
@@ -303,19 +313,27 @@ def row4(ctx: Context) -> list[Row]:
     cpu = sweep_cpu(n, sweeps)
     slice_n = 1000 if ctx.quick else 2000
     poll = poller_cpu(slice_n) * n / slice_n
-    ctx.log(f"  sweep CPU n={n}: p50 {cpu['p50'] * 1000:.1f} ms p99 {cpu['p99'] * 1000:.1f} ms "
+    ctx.log(f"  sweep CPU n={n}: every sample new p50 {cpu['p50'] * 1000:.1f} ms p99 {cpu['p99'] * 1000:.1f} ms; "
+            f"metrics-server cadence p50 {cpu['cadence_p50'] * 1000:.1f} ms p99 {cpu['cadence_p99'] * 1000:.1f} ms "
             f"(decide only p50 {cpu['decide_p50'] * 1000:.1f} ms); per-pod poller {poll:.2f} s/sweep")
     rows.append(Row(
-        f"4. sweep CPU at {n:,} watched pods, p50 / p99 of {sweeps}",
-        f"{cpu['p50'] * 1000:.1f} / {cpu['p99'] * 1000:.1f} ms (incl. parsing the PodMetrics list; "
+        f"4. sweep CPU at {n:,} watched pods, every sample new, p50 / p99 of {sweeps}",
+        f"{cpu['p50'] * 1000:.1f} / {cpu['p99'] * 1000:.1f} ms (incl. decoding the PodMetrics list; "
         f"deciding alone {cpu['decide_p50'] * 1000:.1f} ms)",
         f"{poll * 1000:,.0f} ms (per-pod poller, measured on {slice_n:,}, scaled)",
         ratio(cpu["p50"], poll), "≤ 50 ms per sweep", met(cpu["p99"] <= 0.050),
-        note="Missed: bound by Python itself. Per sweep at 10k pods, json.loads of the ~2.3 MB PodMetrics "
-             "list costs ~140 ms, parsing 10k quantities with kubernetes.utils.parse_quantity (Decimal) "
-             "~120 ms, and the per-pod decision loop ~100 ms. What would move it: a C JSON decoder "
-             "(orjson), a quantity fast path for the plain `<int>Ki` form metrics-server writes, and "
-             "deciding only pods whose sample changed."))
+        note="The worst case: metrics-server scraped every node since the last sweep, so every item is "
+             "new and is decoded, parsed and judged. Decoding the ~2.3 MB list with orjson is about half "
+             "of it."))
+    rows.append(Row(
+        f"4. sweep CPU at {n:,} watched pods, metrics-server's cadence (new samples every 3rd sweep), "
+        f"p50 / p99 of {sweeps}",
+        f"{cpu['cadence_p50'] * 1000:.1f} / {cpu['cadence_p99'] * 1000:.1f} ms",
+        f"{poll * 1000:,.0f} ms (per-pod poller)", ratio(cpu["cadence_p50"], poll), "≤ 50 ms per sweep",
+        met(cpu["cadence_p99"] <= 0.050),
+        note="metrics-server's default 15 s resolution against memwatch's 5 s sweep: two sweeps in three "
+             "see the samples they saw before, and pods already judged under their limits are not judged "
+             "again; the p99 is the third sweep, the row above."))
     steady_n = 1000 if ctx.quick else 10000
     figure = f"4. steady controller CPU, {steady_n:,} watched pods, 20 pod events/s, per 1k pods"
     problem = ctx.problem()

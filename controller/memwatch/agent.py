@@ -32,7 +32,7 @@ import select
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -59,7 +59,6 @@ from memwatch.kube import Kube, load_client
 from memwatch.lifecycle import HELD, Lifecycle, Outcome, Phase, Retry, Step, Trigger
 from memwatch.nodeguard import NodeGuard
 from memwatch.observability import (
-    ACTED_REASONS,
     HISTORY_SELECTOR,
     LATENCY_BUCKETS,
     REASON_DRY_RUN,
@@ -225,6 +224,7 @@ class Agent:
         self.lifecycle = Lifecycle(clock, max_gap=max(1.0, 20 * settings.sample_period),
                                    retry=Retry(es.retry_min, es.retry_max, es.escalation_timeout))
         self.states: dict[str, PodState] = {}
+        self.metrics.nearest.view(self._nearest_view)
         self.history_len = HISTORY
         self.action_seconds = dict(INITIAL_ACTION_SECONDS)
         self.timings: deque[ActionTiming] = deque(maxlen=1000)
@@ -271,6 +271,17 @@ class Agent:
             log.warning("cannot read earlier memwatch Events yet (%s); retrying in 30s", exc)
             self._history_next = time.monotonic() + 30.0
 
+    def _nearest_view(self) -> Iterator[tuple[PodRecord, Usage]]:
+        """The pods with a fresh sample, for the nearest-pods gauges (called when scraped)."""
+        now = self.clock.wall()
+        for uid, st in list(self.states.items()):
+            if not st.history:
+                continue
+            ts, containers, total = st.history[-1]
+            rec = self.index.get(uid)
+            if rec is not None and now - ts <= self.settings.max_sample_age:
+                yield rec, Usage(containers, ts, "cgroup", total)
+
     def tick(self) -> int:
         """Sample every watched pod on this node once, decide and act. Returns pods sampled."""
         t0 = time.perf_counter()
@@ -293,7 +304,7 @@ class Agent:
                 self._announce(rec, "warnings")
             if rec.phase in ("Succeeded", "Failed") or (rec.node and rec.node != self.node):
                 continue
-            if self.recorder.already(rec.uid, ACTED_REASONS):
+            if self.recorder.acted_on(rec.uid):
                 lives.mark_done(rec.uid, "already")  # acted on before a restart, or by the controller
             life = lives.peek(rec.uid)
             finished = rec.terminating or (life is not None and life.phase is Phase.DONE)

@@ -84,7 +84,6 @@ class PodLife:
     failures: int = 0  # consecutive failed attempts
     result: str | None = None  # the final result once DONE
     announced: object = None  # what was last announced for the pod (problems, warnings, protection)
-    missing_reported: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +116,14 @@ class Lifecycle:
 
     def peek(self, uid: str) -> PodLife | None:
         return self._lives.get(uid)
+
+    def quiet(self, uid: str) -> bool:
+        """Whether the pod has nothing under way: no state yet, or IDLE with no breach and no
+        refusal remembered. For such a pod, an observation under every limit changes nothing that
+        matters (:meth:`observe` would only note when and what it saw), so the sweep may skip it."""
+        life = self._lives.get(uid)
+        return life is None or (life.phase is Phase.IDLE and life.breach_since is None
+                                and life.blocked_since is None)
 
     def forget(self, uid: str) -> None:
         self._lives.pop(uid, None)

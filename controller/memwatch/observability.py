@@ -7,16 +7,19 @@ one Event on the pod for every action and every refusal, and metrics on ``--metr
 
 from __future__ import annotations
 
+import bisect
 import logging
+import math
 import threading
 import uuid
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
 
 from memwatch.budget import BudgetBook, reference
 from memwatch.kube import Kube
@@ -76,8 +79,8 @@ class Metrics:
                              registry=r)
         self.sweep = Histogram("memwatch_sweep_duration_seconds", "Time for one sweep (read usage, decide, act).",
                                buckets=LATENCY_BUCKETS, registry=r)
-        self.sample_age = Histogram("memwatch_sample_age_seconds", "Age of usage samples when decided on.",
-                                    ["source"], buckets=(0.1, 0.5, 1, 2, 5, 10, 15, 30, 60, 120), registry=r)
+        self.sample_age = BatchHistogram("memwatch_sample_age_seconds", "Age of usage samples when decided on.",
+                                         "source", (0.1, 0.5, 1, 2, 5, 10, 15, 30, 60, 120), registry=r)
         self.skipped = Counter("memwatch_samples_skipped_total", "Pods not decided on, by reason (stale, missing).",
                                ["reason", "source"], registry=r)
         self.latency = Histogram("memwatch_action_latency_seconds",
@@ -86,6 +89,7 @@ class Metrics:
         self.source_errors = Counter("memwatch_source_errors_total", "Sweeps whose usage read failed.",
                                      ["source"], registry=r)
         self.leader = Gauge("memwatch_leader", "1 when this replica is the one that acts.", registry=r)
+        self.nearest = NearestPods(r)
         self.budget_exhausted = Counter(
             "memwatch_budget_exhausted_total",
             "Pods over their limit not acted on because their workload's restart budget was spent "
@@ -95,6 +99,121 @@ class Metrics:
         """Expose /metrics on ``port`` (0: do not serve)."""
         if port:
             start_http_server(port, registry=self.registry)
+
+
+#: How many pods the nearest-to-their-limit gauges show (bounded: one series each, whatever the pod count).
+NEAREST_PODS = 10
+
+
+class NearestPods:
+    """The watched pods nearest their watch limits, as two gauges with one series per pod for at most
+    :data:`NEAREST_PODS` pods (so the series stay bounded at any pod count):
+
+    * ``memwatch_pod_usage_ratio{pod_namespace, pod_name, scope}``: working set over the watch limit
+      it is nearest (1 is at the limit; above 1 is over it);
+    * ``memwatch_pod_headroom_bytes{pod_namespace, pod_name, scope}``: the watch limit minus the
+      working set.
+
+    Not ``namespace`` and ``pod``: a scrape gives every series those of memwatch's own pod. Computed
+    when scraped, from the pods the last sweep (or agent sample) judged on a fresh sample: the sweep
+    pays nothing for it. A replica that is not sweeping (not the leader) shows none.
+    """
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self._view: Any = None
+        registry.register(self)
+
+    def view(self, judged: Any) -> None:
+        """Where the pods come from: a callable returning ``(record, usage, ...)`` tuples."""
+        self._view = judged
+
+    def nearest(self, k: int = NEAREST_PODS) -> list[tuple[float, int, PodRecord, str]]:
+        """``(ratio, headroom bytes, record, scope)`` of the ``k`` pods nearest a watch limit, nearest first."""
+        import heapq
+
+        rows = []
+        for entry in (self._view() if self._view is not None else ()):
+            rec, usage = entry[0], entry[1]
+            policy = rec.policy
+            if policy is None:
+                continue
+            best = None
+            for limit in policy.limits:
+                used = usage.total if limit.container is None else usage.containers.get(limit.container)
+                if used is None or limit.bytes <= 0:
+                    continue
+                ratio = used / limit.bytes
+                if best is None or ratio > best[0]:
+                    best = (ratio, limit.bytes - used, rec, limit.scope)
+            if best is not None:
+                rows.append(best)
+        return heapq.nlargest(k, rows, key=lambda row: row[0])
+
+    def _families(self) -> tuple[GaugeMetricFamily, GaugeMetricFamily]:
+        labels = ["pod_namespace", "pod_name", "scope"]
+        return (GaugeMetricFamily("memwatch_pod_usage_ratio", "Working set over the watch limit (1 = at the "
+                                  f"limit) of the {NEAREST_PODS} watched pods nearest their limits.", labels=labels),
+                GaugeMetricFamily("memwatch_pod_headroom_bytes", "Watch limit minus working set of the "
+                                  f"{NEAREST_PODS} watched pods nearest their limits.", labels=labels))
+
+    def describe(self) -> list[GaugeMetricFamily]:
+        return list(self._families())
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        ratio, headroom = self._families()
+        for r, room, rec, scope in self.nearest():
+            ratio.add_metric([rec.namespace, rec.name, scope], r)
+            headroom.add_metric([rec.namespace, rec.name, scope], room)
+        yield ratio
+        yield headroom
+
+
+class BatchHistogram:
+    """A histogram with one label that takes ``count`` equal observations in one call.
+
+    The sweep observes the age of every pod's sample, every sweep; at 10,000 pods one
+    ``Histogram.observe`` each (~2.5 µs) was half the sweep's budget. Samples taken at one time
+    (metrics-server writes one timestamp per node scrape) have one age, so the sweep counts them and
+    observes each distinct age once. Exposed exactly as a ``prometheus_client`` Histogram is
+    (``_bucket`` with ``le``, ``_count``, ``_sum``), from a collector registered in ``registry``.
+    """
+
+    def __init__(self, name: str, documentation: str, label: str, buckets: Iterable[float],
+                 registry: CollectorRegistry) -> None:
+        self.name, self.documentation, self.label = name, documentation, label
+        self.bounds = (*sorted(float(b) for b in buckets), math.inf)
+        self._counts: dict[str, list[int]] = {}
+        self._sums: dict[str, float] = {}
+        self._lock = threading.Lock()
+        registry.register(self)
+
+    def observe(self, label_value: str, value: float, count: int = 1) -> None:
+        """Record ``count`` observations of ``value`` (NaN is dropped, as nothing can bucket it)."""
+        if count <= 0 or value != value:
+            return
+        i = bisect.bisect_left(self.bounds, value)  # the first bucket whose upper bound (le) holds it
+        with self._lock:
+            counts = self._counts.get(label_value)
+            if counts is None:
+                counts = self._counts[label_value] = [0] * len(self.bounds)
+                self._sums[label_value] = 0.0
+            counts[i] += count
+            self._sums[label_value] += value * count
+
+    def describe(self) -> list[HistogramMetricFamily]:
+        return [HistogramMetricFamily(self.name, self.documentation, labels=[self.label])]
+
+    def collect(self) -> Iterator[HistogramMetricFamily]:
+        family = HistogramMetricFamily(self.name, self.documentation, labels=[self.label])
+        with self._lock:
+            snapshot = [(lv, list(c), self._sums[lv]) for lv, c in sorted(self._counts.items())]
+        for label_value, counts, total in snapshot:
+            cumulative, buckets = 0, []
+            for bound, n in zip(self.bounds, counts, strict=True):
+                cumulative += n
+                buckets.append(("+Inf" if bound == math.inf else repr(bound), cumulative))  # as prometheus_client
+            family.add_metric([label_value], buckets, total)
+        yield family
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,6 +278,9 @@ class Recorder:
         self.metrics = metrics
         self.host = host
         self._seen: OrderedDict[tuple[str, str], None] = OrderedDict()
+        #: UIDs with an acted reason (ACTED_REASONS) among ``_seen``: the sweep asks for each pod, each
+        #: sweep, so the answer is one set lookup without the lock (a set is safe to read under the GIL).
+        self._acted: set[str] = set()
         self._lock = threading.Lock()
         #: When a pod's eviction was first refused, from Events already on the cluster: so the
         #: escalation deadline survives a controller restart.
@@ -171,8 +293,21 @@ class Recorder:
         with self._lock:
             self._seen[(uid, reason)] = None
             self._seen.move_to_end((uid, reason))
+            if reason in ACTED_REASONS:
+                self._acted.add(uid)
             while len(self._seen) > self.MAX_REMEMBERED:
-                self._seen.popitem(last=False)
+                (old, old_reason), _ = self._seen.popitem(last=False)
+                if old_reason in ACTED_REASONS:
+                    self._unact(old)
+
+    def _unact(self, uid: str) -> None:
+        if not any((uid, r) in self._seen for r in ACTED_REASONS):
+            self._acted.discard(uid)
+
+    def acted_on(self, uid: str) -> bool:
+        """Whether memwatch (any replica or agent) already evicted, deleted or escalated on ``uid``:
+        ``already(uid, ACTED_REASONS)`` as one set lookup."""
+        return uid in self._acted
 
     def already(self, uid: str, reasons: Iterable[str]) -> str | None:
         """The first of ``reasons`` already reported for ``uid``, if any."""
@@ -182,6 +317,8 @@ class Recorder:
     def forget(self, uid: str, reason: str) -> None:
         with self._lock:
             self._seen.pop((uid, reason), None)
+            if reason in ACTED_REASONS:
+                self._unact(uid)
 
     def load_history(self, namespaces: Iterable[str] = ()) -> int:
         """Remember memwatch's own Events already on the cluster (one paged LIST per scope)."""

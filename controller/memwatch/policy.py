@@ -456,6 +456,23 @@ def breaches(policy: Policy, usage: Usage) -> list[Breach]:
     return found
 
 
+def is_over(policy: Policy, usage: Usage) -> bool:
+    """Whether the sample is over any of the policy's limits: ``bool(breaches(policy, usage))``
+    without building the list (the sweep asks it of every new sample)."""
+    total = None
+    for limit in policy.limits:
+        if limit.container is None:
+            if total is None:
+                total = usage.total
+            if total > limit.bytes:
+                return True
+        else:
+            used = usage.containers.get(limit.container)
+            if used is not None and used > limit.bytes:
+                return True
+    return False
+
+
 def growth_rate(samples: Sequence[tuple[float, int]]) -> float | None:
     """Bytes per second over recent (time, bytes) samples: the least-squares slope, robust to one
     noisy sample. None with fewer than two samples or no time between them; negative when shrinking."""

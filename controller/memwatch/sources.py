@@ -66,6 +66,8 @@ class MetricsApiSource:
         self.label_selector = label_selector
         #: Samples of the last fetch left out, by reason (``predates-pod``).
         self.skipped: collections.Counter[str] = collections.Counter()
+        #: uid -> (record, window, Usage) of the last fetch's samples.
+        self._seen: dict[str, tuple[PodRecord, float, Usage]] = {}
 
     def _paths(self) -> list[str]:
         base = f"/apis/{METRICS_GROUP_VERSION}"
@@ -75,21 +77,23 @@ class MetricsApiSource:
 
     def fetch(self, records: Sequence[PodRecord]) -> dict[str, Usage]:
         self.skipped = collections.Counter()
-        by_key: dict[tuple[Any, Any], str] = {(r.namespace, r.name): r.uid for r in records}
-        by_uid = {r.uid: r for r in records}
+        by_key: dict[tuple[Any, Any], PodRecord] = {(r.namespace, r.name): r for r in records}
         out: dict[str, Usage] = {}
         if not by_key:
             return out
+        # 10,000 pods a sweep: plain loops and exact type checks; each distinct timestamp and window
+        # string (metrics-server writes one per node scrape) parsed once per fetch; and an item that
+        # says what it said last time (same pod record, timestamp, window and containers' bytes)
+        # gives the same Usage object back, which the sweep then knows it judged already.
+        before, seen = self._seen, {}
+        times: dict[str, float | None] = {}
+        windows: dict[str, float | None] = {}
         for path in self._paths():
             try:
                 data = self.kube.get_json(path, {"labelSelector": self.label_selector})
             except ApiError as exc:
                 raise SourceError(f"metrics-api: {exc}") from exc
             items = _mapping(data).get("items")
-            # 10,000 pods a sweep: plain loops, exact type checks, and each distinct timestamp and
-            # window string (metrics-server writes one per node scrape) parsed once per fetch.
-            times: dict[str, float | None] = {}
-            windows: dict[str, float | None] = {}
             for item in items if type(items) is list else ():
                 if type(item) is not dict:
                     continue
@@ -97,14 +101,15 @@ class MetricsApiSource:
                 if type(meta) is not dict:
                     continue
                 try:
-                    uid = by_key.get((meta.get("namespace"), meta.get("name")))
+                    rec = by_key.get((meta.get("namespace"), meta.get("name")))
                 except TypeError:  # an unhashable name: not one of ours
                     continue
-                if uid is None:
+                if rec is None:
                     continue
                 raw_ts, raw_window = item.get("timestamp"), item.get("window")
-                if type(raw_ts) is not str:
-                    continue
+                containers = _container_bytes(item.get("containers"))
+                if type(raw_ts) is not str or not containers:
+                    continue  # malformed or empty: treated as missing, never acted on
                 ts = times.get(raw_ts, _UNSEEN)
                 if ts is _UNSEEN:
                     ts = times[raw_ts] = parse_time(raw_ts)
@@ -116,15 +121,23 @@ class MetricsApiSource:
                         window = windows[raw_window] = _window(raw_window)
                 else:
                     window = None
-                containers = _container_bytes(item.get("containers"))
-                if ts is None or window is None or not containers:
-                    continue  # malformed or empty: treated as missing, never acted on
+                if ts is None or window is None:
+                    continue  # malformed: treated as missing, never acted on
+                uid = rec.uid
+                last = before.get(uid)
+                if last is not None and last[0] is rec and last[1] == window and last[2].timestamp == ts \
+                        and last[2].containers == containers:
+                    out[uid] = last[2]
+                    seen[uid] = last
+                    continue
                 # Keyed by name, so the sample may be a predecessor's (a StatefulSet pod recreated
                 # under its name): it counts only if its window began after this pod started.
-                if _predates(by_uid[uid], ts - window, containers):
+                if _predates(rec, ts - window, containers):
                     self.skipped[PREDATES_POD] += 1
                     continue
-                out[uid] = Usage(containers, ts, self.name)
+                usage = out[uid] = Usage(containers, ts, self.name)
+                seen[uid] = (rec, window, usage)
+        self._seen = seen
         return out
 
 
@@ -166,7 +179,8 @@ def _container_bytes(listed: Any) -> dict[str, int] | None:
         if not name or value is None:
             continue
         try:
-            out[str(name)] = parse_bytes(value if type(value) is str else str(value), allow_zero=True)
+            out[name if type(name) is str else str(name)] = parse_bytes(
+                value if type(value) is str else str(value), allow_zero=True)
         except QuantityError:
             return None
     return out

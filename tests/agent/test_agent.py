@@ -86,6 +86,16 @@ def test_under_the_limit_nothing_happens(v2_tree: Path) -> None:
     assert api.evictions == [] and api.events == []
 
 
+def test_the_nearest_pods_gauges_read_the_agents_samples(v2_tree: Path) -> None:
+    agent = make_agent(v2_tree, ApiDouble())
+    agent.index.upsert(make_pod(annotations={"memwatch.io/limit.app": "250Mi"}))
+    step(agent)
+    labels = {"pod_namespace": "default", "pod_name": "app", "scope": "container:app"}
+    get = agent.metrics.registry.get_sample_value
+    assert get("memwatch_pod_headroom_bytes", labels) == 250 * MiB - APP_WS
+    assert get("memwatch_pod_usage_ratio", labels) == pytest.approx(APP_WS / (250 * MiB))
+
+
 @pytest.mark.parametrize("tree_name", ["v1_tree", "v2_tree"])
 def test_over_the_limit_it_evicts_through_the_enforcer(tree_name: str, request: pytest.FixtureRequest,
                                                        caplog: pytest.LogCaptureFixture) -> None:

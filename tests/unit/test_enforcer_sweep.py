@@ -451,3 +451,75 @@ def test_invalid_annotation_not_reannounced_after_restart(clock: FakeClock) -> N
     rig.add(p)
     rig.sweep(times=3)
     assert kube.events == []
+
+
+# ---------------------------------------------------------------------------------------------
+# Pods already judged under their limits are not judged again: but every change still counts
+
+
+def test_a_lowered_limit_counts_with_the_same_sample(kube: FakeKube, clock: FakeClock) -> None:
+    rig = Rig(kube, clock)
+    p = pod()
+    rig.add(p)
+    rig.over(p, total=400 * MI)  # under 512Mi: the same Usage object on every sweep from here
+    assert rig.sweep(times=3, step=1).results == {}
+    p["metadata"]["annotations"]["memwatch.io/limit"] = "300Mi"  # a new record, the same sample
+    p["metadata"]["resourceVersion"] = "2"
+    rig.add(p)
+    assert rig.sweep().results == {"evicted": 1}
+
+
+def test_a_new_sample_over_the_limit_counts(kube: FakeKube, clock: FakeClock) -> None:
+    rig = Rig(kube, clock)
+    p = pod()
+    rig.add(p)
+    rig.over(p, total=400 * MI)
+    assert rig.sweep(times=3, step=1).results == {}
+    rig.over(p, total=600 * MI)
+    assert rig.sweep().results == {"evicted": 1}
+
+
+def test_an_unchanged_sample_still_goes_stale(kube: FakeKube, clock: FakeClock) -> None:
+    rig = Rig(kube, clock, max_sample_age=10.0)
+    p = pod()
+    rig.add(p)
+    rig.over(p, total=400 * MI)
+    assert rig.sweep().stale == 0
+    clock.advance(30)
+    report = rig.sweep()
+    assert (report.stale, report.sampled) == (1, 0)
+    assert metric(rig, "memwatch_samples_skipped_total", reason="stale", source="fake") == 1
+
+
+def test_every_judged_sample_counts_in_the_sample_age_histogram(kube: FakeKube, clock: FakeClock) -> None:
+    rig = Rig(kube, clock)
+    pods = [pod(f"web-{i}") for i in range(3)]
+    rig.add(*pods)
+    for i, p in enumerate(pods):
+        rig.over(p, total=100 * MI, age=1.0 + i * 10)  # ages 1 s, 11 s, 21 s
+    rig.sweep(times=2)
+    assert metric(rig, "memwatch_sample_age_seconds_count", source="fake") == 6
+    assert metric(rig, "memwatch_sample_age_seconds_bucket", source="fake", le="2.0") == 2
+    assert metric(rig, "memwatch_sample_age_seconds_bucket", source="fake", le="15.0") == 4
+    assert metric(rig, "memwatch_sample_age_seconds_sum", source="fake") == pytest.approx(2 * (1 + 11 + 21))
+
+
+def test_the_nearest_pods_are_exported_bounded(kube: FakeKube, clock: FakeClock) -> None:
+    from memwatch.observability import NEAREST_PODS
+
+    rig = Rig(kube, clock)
+    pods = [pod(f"web-{i:02d}") for i in range(NEAREST_PODS + 5)]
+    rig.add(*pods)
+    for i, p in enumerate(pods):
+        rig.over(p, total=(100 + 20 * i) * MI)  # web-14 the nearest: 380Mi of 512Mi
+    rig.sweep()
+    samples = [s for f in rig.metrics.registry.collect() if f.name == "memwatch_pod_usage_ratio" for s in f.samples]
+    assert len(samples) == NEAREST_PODS
+    assert {s.labels["pod_name"] for s in samples} == {f"web-{i:02d}" for i in range(5, NEAREST_PODS + 5)}
+    assert metric(rig, "memwatch_pod_usage_ratio", pod_namespace="shop", pod_name="web-14", scope="pod") == 380 / 512
+    assert metric(rig, "memwatch_pod_headroom_bytes", pod_namespace="shop", pod_name="web-14", scope="pod") == 132 * MI
+    rig.over(pods[0], total=500 * MI)  # web-00 comes nearest
+    rig.sweep()
+    assert metric(rig, "memwatch_pod_headroom_bytes", pod_namespace="shop", pod_name="web-00", scope="pod") == 12 * MI
+    assert rig.metrics.registry.get_sample_value(
+        "memwatch_pod_usage_ratio", {"pod_namespace": "shop", "pod_name": "web-05", "scope": "pod"}) is None
