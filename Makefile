@@ -22,11 +22,11 @@ help: ## Show this help.
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -c constraints.txt -e '.[test]'
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[test,bench]'
 	touch $@
 
 .PHONY: install
-install: $(VENV)/.installed ## Create .venv and install memwatch (runtime dependencies pinned by constraints.txt) with its test tools.
+install: $(VENV)/.installed ## Create .venv and install memwatch (runtime dependencies pinned by constraints.txt) with its test tools and matplotlib (bench pictures).
 
 .PHONY: constraints
 constraints: ## Re-pin constraints.txt to the runtime dependencies pip resolves now (after changing them in pyproject.toml).
@@ -98,7 +98,7 @@ demo: install ## Bring up a cluster (kind if Docker runs, else local), install m
 	bash hack/demo.sh
 
 .PHONY: bench
-bench: install ## Benchmarks: print the figures table and write bench/results/<date>.md.
+bench: install ## Benchmarks: print the figures table, write bench/results/<date>.md and its pictures in bench/results/<date>/.
 	$(PY) bench/run.py
 
 .PHONY: bench-node-guard

@@ -118,6 +118,9 @@ def row3(ctx: Context) -> list[Row]:
         cluster[n] = ctx.api.count("/api/v1/pods")
         mw[n] = _memwatch_startup(ctx, n)
         kp[n] = _kopf_startup(ctx, n)
+    if ctx.pictures is not None:  # bench/pictures.py: RSS and first sweep against pods
+        ctx.pictures["controller_scale"] = [
+            (cluster[n], mw[n]["steady"], kp[n]["steady"], mw[n]["first"], kp[n]["first"]) for n in sizes]
     big, half = sizes[-1], sizes[-2]
     at_target = big >= 10000
     quick_note = "" if at_target else f" (quick run: largest size {big:,}; targets are at 10k)"

@@ -21,6 +21,13 @@ and pods all near their limits so ``memory.stat`` is read every sample), and 110
 cgroups each holding a sleeping process near its limit. Baseline: the same reads done naively
 (open, read, close every file, every sample).
 
+Pictures (``bench/pictures.py``, when ``run`` is given a ``pictures`` dict): the first run of each
+rate, memwatch's and the 10 s poll's, is traced (the cgroup read every 2 ms by a separate process,
+the reads the agent or the poller made, when it acted, when the kernel's ``oom_kill`` went up); its
+results count in the rows like every other run's. And the agent's CPU against pod count (10 to 250
+real v1 cgroups), adaptive sampling against fixed (``memwatch.agent.MAX_STRIDE`` 1: every pod read
+every 100 ms); this sweep adds no row.
+
 Run: ``python bench/oom_race.py [--runs N] [--quick]`` (root, writable cgroup v1). ``run(runs)``
 returns the rows for ``make bench``.
 """
@@ -47,13 +54,16 @@ from typing import Any
 
 import psutil
 
+import memwatch.agent as agent_module
 from memwatch.agent import Agent
 from memwatch.cgroups import CgroupReader, CgroupSource, Hierarchy
-from memwatch.policy import Defaults
+from memwatch.podindex import PodRecord
+from memwatch.policy import Defaults, Usage
 from memwatch.protections import Protections
 from memwatch.settings import Settings
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from cgroup_trace import CgroupTrace
 from realcgroup import V1_MEMORY, spawn, v1_unavailable
 
 REPO = Path(__file__).resolve().parent.parent
@@ -62,6 +72,9 @@ MiB = 1 << 20
 RATES = (50, 200, 500, 1000)
 HARD_MIB = 256
 GAP_MIB = 64  # watch limit = hard limit - 64 MiB
+#: Pod counts of the agent-CPU picture (110: the kubelet's default --max-pods, row 5's count).
+SWEEP_PODS = (10, 25, 50, 110, 250)
+TRACE_PERIOD = 0.002  # seconds between the trace process's reads of the racing cgroup (cgroup_trace.py)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -156,10 +169,25 @@ class RaceResult:
     latency: float | None = None  # seconds from crossing the watch limit to the kill completing
     predicted: bool = False
     exit_signal: int | None = None
+    trace: dict[str, Any] | None = None  # with trace=True: the time series for bench/pictures.py
 
     @property
     def preempted(self) -> bool:
         return self.killer == "memwatch" and self.oom_kill == 0 and self.dmesg_oom is not True
+
+
+class RecordingSource(CgroupSource):
+    """The agent's cgroup source, keeping every read the agent made: (epoch, container bytes)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.reads: list[tuple[float, int]] = []
+
+    def sample(self, record: PodRecord, fresh: bool = False, rescan: bool = False) -> Usage | None:
+        usage = super().sample(record, fresh, rescan)
+        if usage is not None:
+            self.reads.append((usage.timestamp, sum(usage.containers.values()) or (usage.total or 0)))
+        return usage
 
 
 def _pod(rate: int, hard_mib: int, watch_mib: int) -> dict[str, Any]:
@@ -184,22 +212,27 @@ def agent_settings(sample_period: float = 0.1, **over: Any) -> Settings:
 
 
 def race_agent(hog: Path, rate: int, hard_mib: int = HARD_MIB, gap_mib: int = GAP_MIB,
-               sample_period: float = 0.1) -> RaceResult:
-    """One race of the real agent against the kernel."""
+               sample_period: float = 0.1, trace: bool = False) -> RaceResult:
+    """One race of the real agent against the kernel. ``trace``: also record the race's time series
+    (:class:`CgroupTrace`, the agent's own reads, when it acted) in ``result.trace``."""
     cg = MemCgroup(hard_mib * MiB)
     try:
-        source = CgroupSource(Hierarchy(1, V1_MEMORY), locate=lambda rec: (None, {"hog": cg.path}))
-        agent = Agent(agent_settings(sample_period), kube=None, source=source, watch=False)
-        agent.index.upsert(_pod(rate, hard_mib, hard_mib - gap_mib))
-        proc = cg.spawn([str(hog), "--rate", str(rate), "--max", str(hard_mib * 2), "--hold"])
-        agent.start()
-        try:
-            proc.wait(timeout=hard_mib / rate + 10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        finally:
-            agent.stop()
+        with CgroupTrace(cg.path, TRACE_PERIOD) if trace else contextlib.nullcontext() as tracer:
+            # Only a traced race keeps the agent's reads (the others run exactly as before).
+            source = (RecordingSource if trace else CgroupSource)(
+                Hierarchy(1, V1_MEMORY), locate=lambda rec: (None, {"hog": cg.path}))
+            agent = Agent(agent_settings(sample_period), kube=None, source=source, watch=False)
+            agent.index.upsert(_pod(rate, hard_mib, hard_mib - gap_mib))
+            started = time.time()
+            proc = cg.spawn([str(hog), "--rate", str(rate), "--max", str(hard_mib * 2), "--hold"])
+            agent.start()
+            try:
+                proc.wait(timeout=hard_mib / rate + 10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            finally:
+                agent.stop()
         oom = cg.oom_kills()
         timing = next((t for t in agent.timings if t.result == "killed"), None)
         killer = "oom-killer" if oom else ("memwatch" if timing else "nobody")
@@ -210,6 +243,12 @@ def race_agent(hog: Path, rate: int, hard_mib: int = HARD_MIB, gap_mib: int = GA
             result.predicted = timing.predicted
             if oom:  # both fired: which first? ours is timestamped; the kernel's counter is not
                 result.killer = "oom-killer"
+        if tracer is not None:
+            reads = source.reads if isinstance(source, RecordingSource) else []
+            result.trace = tracer.series(started, reads, result.killer,
+                                         acted=None if timing is None else timing.acted_at,
+                                         crossed=None if timing is None else timing.crossed_at,
+                                         predicted=result.predicted)
         return result
     finally:
         cg.close()
@@ -336,12 +375,18 @@ def start_rows(runs: int = 20, rates: tuple[int, ...] = (200, 500, 1000)) -> lis
 
 
 def race_poll(hog: Path, rate: int, interval: float, hard_mib: int = HARD_MIB, gap_mib: int = GAP_MIB,
-              rng: random.Random | None = None) -> RaceResult:
-    """The baseline: a poll loop every ``interval`` seconds, starting at a random phase."""
+              rng: random.Random | None = None, trace: bool = False) -> RaceResult:
+    """The baseline: a poll loop every ``interval`` seconds, starting at a random phase. ``trace``: as
+    :func:`race_agent`'s (the reads are the poller's)."""
     rng = rng or random.Random()
     watch = (hard_mib - gap_mib) * MiB
     cg = MemCgroup(hard_mib * MiB)
+    tracer = CgroupTrace(cg.path, TRACE_PERIOD) if trace else None
+    reads: list[tuple[float, int]] = []
     try:
+        if tracer is not None:
+            tracer.__enter__()
+        started = time.time()
         proc = cg.spawn([str(hog), "--rate", str(rate), "--max", str(hard_mib * 2), "--hold"])
         time.sleep(0.01)
         reader = CgroupReader(cg.path, Hierarchy(1, V1_MEMORY))
@@ -354,6 +399,7 @@ def race_poll(hog: Path, rate: int, interval: float, hard_mib: int = HARD_MIB, g
             if proc.poll() is not None or time.time() < next_poll:
                 continue
             sample = reader.read(fresh=True)
+            reads.append((sample.timestamp, sample.working_set))
             if sample.working_set >= watch:
                 crossed = sample.timestamp
                 if previous is not None and previous[1] < watch:
@@ -367,14 +413,22 @@ def race_poll(hog: Path, rate: int, interval: float, hard_mib: int = HARD_MIB, g
             next_poll += interval
         reader.close()
         proc.wait()
+        if tracer is not None:
+            time.sleep(0.05)  # the picture shows the memory going away
+            tracer.__exit__()
         oom = cg.oom_kills()
         killer = "oom-killer" if oom else ("poll" if acted else "nobody")
         result = RaceResult(rate, killer, oom, dmesg_oom_for(cg.path.name))
         if acted is not None and crossed is not None and not oom:
             result.killer = "memwatch"  # "the poller acted first", in the same terms as the agent
             result.latency = acted - crossed
+        if tracer is not None:
+            result.trace = tracer.series(started, reads, "oom-killer" if oom else ("poll" if acted else "nobody"),
+                                         acted=acted, crossed=crossed)
         return result
     finally:
+        if tracer is not None:
+            tracer.__exit__()
         cg.close()
 
 
@@ -422,6 +476,23 @@ def _cpu_percent(fn: Any, seconds: float) -> float:
 
 def agent_cpu(root: Path, pods: list[dict[str, Any]], seconds: float, locate: Any = None) -> tuple[float, int]:
     """CPU % of one core used by a running agent (loop + worker threads) over ``seconds``."""
+    cpu, ticks, _ = _agent_cpu_reads(root, pods, seconds, locate)
+    return cpu, ticks
+
+
+def _process_cpu_percent(fn: Any, seconds: float) -> float:
+    """:func:`_cpu_percent` on the nanosecond process clock (psutil's ticks are 10 ms: 0.3 % of a core
+    over a 3 s window, too coarse for the sweep's short windows)."""
+    before = time.process_time()
+    t0 = time.monotonic()
+    fn(seconds)
+    wall = time.monotonic() - t0
+    return 100.0 * (time.process_time() - before) / wall
+
+
+def _agent_cpu_reads(root: Path, pods: list[dict[str, Any]], seconds: float, locate: Any = None,
+                     cpu_percent: Any = _cpu_percent) -> tuple[float, int, int]:
+    """:func:`agent_cpu`, and how many pod reads the agent made (the rest were left to the kernel)."""
     hierarchy = Hierarchy.detect(root) if locate is None else Hierarchy(1, V1_MEMORY)
     source = CgroupSource(hierarchy, locate=locate)
     agent = Agent(agent_settings(0.1, cgroup_root=str(root)), kube=None, source=source, watch=False)
@@ -435,9 +506,43 @@ def agent_cpu(root: Path, pods: list[dict[str, Any]], seconds: float, locate: An
         time.sleep(s)
         agent.stop()
 
-    ticks0 = agent.ticks
-    cpu = _cpu_percent(go, seconds)
-    return cpu, agent.ticks - ticks0
+    ticks0, skipped0 = agent.ticks, agent.skipped
+    cpu = cpu_percent(go, seconds)
+    ticks = agent.ticks - ticks0
+    return cpu, ticks, ticks * len(pods) - (agent.skipped - skipped0)
+
+
+def cpu_sweep(hog: Path, seconds: float, counts: tuple[int, ...] = SWEEP_PODS,
+              log: Any = None) -> list[tuple[int, float, float, float, float]]:
+    """The agent's CPU against pod count, for the pictures: ``max(counts)`` real v1 cgroups as in row 5
+    (a sleeping process 20 MiB into 32, watched at 30Mi), the first ``n`` of them watched, ``seconds``
+    per point and mode. Adaptive: the agent as shipped (a quiet pod under a kernel threshold is read
+    up to ``MAX_STRIDE`` periods apart); fixed: ``MAX_STRIDE`` 1, every pod read every 100 ms.
+    Returns (pods, fixed CPU %, adaptive CPU %, fixed reads/s, adaptive reads/s) per count."""
+    points = []
+    with real_cgroups(hog, max(counts)) as (groups, pods):
+        by_uid = {pod["metadata"]["uid"]: g.path for pod, g in zip(pods, groups, strict=True)}
+
+        def locate(rec: PodRecord) -> tuple[None, dict[str, Path]]:
+            return None, {"c": by_uid[rec.uid]}
+
+        for n in counts:
+            measured = {}
+            for mode, stride in (("fixed", 1), ("adaptive", agent_module.MAX_STRIDE)):
+                shipped = agent_module.MAX_STRIDE
+                agent_module.MAX_STRIDE = stride
+                try:
+                    cpu, _, reads = _agent_cpu_reads(V1_MEMORY, pods[:n], seconds, locate=locate,
+                                                     cpu_percent=_process_cpu_percent)
+                finally:
+                    agent_module.MAX_STRIDE = shipped
+                measured[mode] = (cpu, reads / seconds)
+            points.append((n, measured["fixed"][0], measured["adaptive"][0], measured["fixed"][1],
+                           measured["adaptive"][1]))
+            if log is not None:
+                log(f"  agent CPU, {n} pods: fixed {measured['fixed'][0]:.2f}% ({measured['fixed'][1]:.0f} reads/s), "
+                    f"adaptive {measured['adaptive'][0]:.2f}% ({measured['adaptive'][1]:.0f} reads/s)")
+    return points
 
 
 def naive_cpu(paths: list[Path], seconds: float, period: float = 0.1) -> float:
@@ -520,9 +625,20 @@ def _ms(value: float | None) -> str:
     return "n/a" if value is None else f"{value * 1000:.0f} ms"
 
 
+def race_picture(rate: int, agent: RaceResult, poll10: RaceResult | None, hard_mib: int = HARD_MIB,
+                 gap_mib: int = GAP_MIB) -> dict[str, Any]:
+    """One rate's traced races as :func:`pictures.oom_race` takes them."""
+    return {"rate": rate, "hard_mib": hard_mib, "watch_mib": hard_mib - gap_mib, "memwatch": agent.trace,
+            "poll10": None if poll10 is None else poll10.trace}
+
+
 def run(runs: int = 10, rates: tuple[int, ...] = RATES, cpu_seconds: float = 10.0,
-        baselines: bool = True) -> list[dict[str, Any]]:
-    """Every row of the benchmark as data: name, memwatch, baseline, ratio, target, met (+ detail)."""
+        baselines: bool = True, pictures: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """Every row of the benchmark as data: name, memwatch, baseline, ratio, target, met (+ detail).
+
+    ``pictures``: filled with the data of bench/pictures.py's pictures: ``oom_race`` (the first run of
+    each rate traced, memwatch's and the 10 s poll's; the rows count it like the others) and
+    ``agent_cpu`` (:func:`cpu_sweep`, ``cpu_seconds`` a point; it adds no row)."""
     why = cgroup_v1_unavailable()
     if why:
         raise RuntimeError(f"SKIPPED: the OOM race needs a real cgroup v1 memory hierarchy: {why}")
@@ -530,13 +646,19 @@ def run(runs: int = 10, rates: tuple[int, ...] = RATES, cpu_seconds: float = 10.
     rng = random.Random(1234)
     rows: list[dict[str, Any]] = []
     dmesg_readable = dmesg_oom_for("memwatch-never-a-cgroup") is not None
+    traces: list[dict[str, Any]] = []
+    if pictures is not None:
+        pictures["oom_race"] = traces  # replaced, not added to, if make bench runs this again
     for rate in rates:
         rr = RateRuns(rate)
-        for _ in range(runs):
-            rr.agent.append(race_agent(hog, rate))
+        for i in range(runs):
+            traced = pictures is not None and i == 0
+            rr.agent.append(race_agent(hog, rate, trace=traced))
             if baselines:
-                rr.poll10.append(race_poll(hog, rate, 10.0, rng=rng))
+                rr.poll10.append(race_poll(hog, rate, 10.0, rng=rng, trace=traced))
                 rr.poll60.append(race_poll(hog, rate, 60.0, rng=rng))
+            if traced:
+                traces.append(race_picture(rate, rr.agent[-1], rr.poll10[-1] if baselines else None))
         lat = [r.latency for r in rr.agent if r.latency is not None and r.preempted]
         p50, p99 = _quantile(lat, 0.5), _quantile(lat, 0.99)
         target_pct = 100.0 if rate <= 200 else 95.0
@@ -562,6 +684,8 @@ def run(runs: int = 10, rates: tuple[int, ...] = RATES, cpu_seconds: float = 10.
         })
     rows.extend(start_rows(runs=max(runs, 20) if runs >= 10 else runs))
     rows.extend(cpu_rows(hog, cpu_seconds))
+    if pictures is not None:
+        pictures["agent_cpu"] = cpu_sweep(hog, cpu_seconds)
     return rows
 
 

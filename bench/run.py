@@ -1,5 +1,6 @@
 """`make bench`: run every benchmark, print one table, write it to bench/results/<date>.md
-(``--quick``: <date>-quick.md, so a quick run never replaces the committed full results).
+(``--quick``: <date>-quick.md, so a quick run never replaces the committed full results), and draw
+its pictures into bench/results/<date>/ (``--quick``: <date>-quick/) with bench/pictures.py.
 
     python bench/run.py                 # the full suite (~20 minutes on 2 cores)
     python bench/run.py --quick         # smaller sizes, fewer runs (a few minutes)
@@ -9,12 +10,17 @@ Every row shows memwatch and its baseline measured in the same run, their ratio,
 issue #6 and whether it is met. A benchmark that cannot run here (not root, no local cluster, no
 agent benchmark yet) prints a loud NOT RUN row saying why; the suite still prints everything else.
 Benchmarks print figures; they do not fail. The structural guards live in `make test`.
+
+Pictures need matplotlib, the ``bench`` extra (``make install`` installs it): without it the run says
+so and draws none. A picture whose benchmark did not run, or handed over no data, is skipped with
+the reason printed.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import inspect
 import sys
 import time
@@ -22,6 +28,7 @@ import traceback
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -51,7 +58,10 @@ def _run_one(name: str, module: str, fallback: list[str], ctx: Context) -> list[
         return [Row.not_run(f, f"bench/{module}.py is not in this checkout") for f in fallback]
     if module == "oom_race":  # the node agent's benchmark: run(runs) -> list[dict]
         runs_fn: Callable[..., list[dict[str, object]]] = mod.run
-        kwargs = {"cpu_seconds": 3.0} if ctx.quick and "cpu_seconds" in inspect.signature(runs_fn).parameters else {}
+        params = inspect.signature(runs_fn).parameters
+        kwargs: dict[str, Any] = {"cpu_seconds": 3.0} if ctx.quick and "cpu_seconds" in params else {}
+        if ctx.pictures is not None and "pictures" in params:
+            kwargs["pictures"] = ctx.pictures
         rows = [Row.from_dict(d) for d in runs_fn(3 if ctx.quick else 10, **kwargs)]
         for r in rows:  # number its rows as issue #6 does: 1 (OOM race) and 5 (agent CPU)
             if not r.figure[:1].isdigit():
@@ -87,10 +97,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", action="append", choices=names, metavar="NAME",
                         help=f"run only this benchmark (repeatable): {', '.join(names)}")
     parser.add_argument("--keep", action="store_true", help="leave the bench pods and namespaces in place")
-    parser.add_argument("--no-write", action="store_true", help="print the table only; write no results file")
+    parser.add_argument("--no-write", action="store_true",
+                        help="print the table only; write no results file and no pictures")
+    parser.add_argument("--no-pictures", action="store_true",
+                        help="draw no pictures (nor collect their data: the agent-CPU sweep is skipped)")
     args = parser.parse_args(argv)
 
     ctx = Context(quick=args.quick, log=lambda s: print(s, file=sys.stderr, flush=True))
+    if not (args.no_write or args.no_pictures):
+        if importlib.util.find_spec("matplotlib") is None:
+            print("pictures: skipped, matplotlib is not installed (it is the `bench` extra: "
+                  "`make install`, or pip install -e '.[bench]')", flush=True)
+        else:
+            ctx.pictures = {}
     started = time.monotonic()
     rows: list[Row] = []
     try:
@@ -134,8 +153,50 @@ def main(argv: list[str] | None = None) -> int:
         print(f"Targets missed: {len(missed)} row(s): " + "; ".join(r.figure for r in missed))
     if not args.no_write:
         path = write_results(rows, args, time.monotonic() - started)
-        print(f"written to {path.relative_to(REPO)}")
+        print(f"written to {_shown(path)}")
+        if ctx.pictures is not None:
+            draw_pictures(ctx.pictures, path.parent / path.stem, rows, args.only)
     return 0
+
+
+def _shown(path: Path) -> str:
+    return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path)
+
+
+def _missing(benchmark: str, rows: list[Row], only: list[str] | None) -> str:
+    """Why a benchmark handed over no data for its picture."""
+    if only and benchmark not in only:
+        return f"{benchmark} was not run (--only)"
+    numbers = tuple(f.split(" ", 1)[0] for name, _, fallback in BENCHMARKS if name == benchmark for f in fallback)
+    for r in rows:
+        if r.met == "**NOT RUN**" and r.figure.startswith(numbers):
+            return f"{benchmark} NOT RUN: {r.memwatch.removeprefix('**NOT RUN: ').removesuffix('**')}"
+    return f"{benchmark} handed over no data for it"
+
+
+def draw_pictures(data: dict[str, Any], out_dir: Path, rows: list[Row], only: list[str] | None = None) -> list[Path]:
+    """Draw every picture whose data the benchmarks handed over into ``out_dir``; print each path, or
+    why a picture was skipped. Never raises: a picture must not cost the run its table."""
+    try:
+        import pictures
+    except ImportError as exc:  # matplotlib missing or broken
+        print(f"pictures: skipped, bench/pictures.py cannot be imported: {exc}")
+        return []
+    written: list[Path] = []
+    for filename, key, benchmark, draw in pictures.PICTURES:
+        target = out_dir / filename
+        if not data.get(key):
+            kept = f"; the one drawn earlier stays ({_shown(target)})" if target.exists() else ""
+            print(f"picture {filename}: skipped, {_missing(benchmark, rows, only)}{kept}")
+            continue
+        try:
+            written.append(draw(data[key], target))
+        except Exception as exc:
+            traceback.print_exc()
+            print(f"picture {filename}: failed, {type(exc).__name__}: {str(exc)[:200]}")
+            continue
+        print(f"picture: {_shown(target)}")
+    return written
 
 
 def _merge(rows: list[Row], path: Path) -> list[Row]:
