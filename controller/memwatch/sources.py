@@ -66,8 +66,8 @@ class MetricsApiSource:
         self.label_selector = label_selector
         #: Samples of the last fetch left out, by reason (``predates-pod``).
         self.skipped: collections.Counter[str] = collections.Counter()
-        #: uid -> (record, window, Usage) of the last fetch's samples.
-        self._seen: dict[str, tuple[PodRecord, float, Usage]] = {}
+        #: uid -> (record, timestamp, window, (container, memory) as written, Usage) of the last fetch.
+        self._seen: dict[str, tuple[PodRecord, Any, Any, tuple[tuple[Any, Any], ...], Usage]] = {}
 
     def _paths(self) -> list[str]:
         base = f"/apis/{METRICS_GROUP_VERSION}"
@@ -81,10 +81,12 @@ class MetricsApiSource:
         out: dict[str, Usage] = {}
         if not by_key:
             return out
-        # 10,000 pods a sweep: plain loops and exact type checks; each distinct timestamp and window
-        # string (metrics-server writes one per node scrape) parsed once per fetch; and an item that
-        # says what it said last time (same pod record, timestamp, window and containers' bytes)
-        # gives the same Usage object back, which the sweep then knows it judged already.
+        # 10,000 pods a sweep, each item read in a few microseconds: the form metrics-server writes
+        # is read with plain subscripts, and anything else (a missing key, a wrong type) raises and
+        # is read the careful way (_said_carefully); an item that says what it said last time (the
+        # same pod record, timestamp, window and memory strings) gives back the same Usage object,
+        # unparsed, which the sweep then knows it judged already; each distinct timestamp and
+        # window string is parsed once per fetch.
         before, seen = self._seen, {}
         times: dict[str, float | None] = {}
         windows: dict[str, float | None] = {}
@@ -95,50 +97,87 @@ class MetricsApiSource:
                 raise SourceError(f"metrics-api: {exc}") from exc
             items = _mapping(data).get("items")
             for item in items if type(items) is list else ():
-                if type(item) is not dict:
-                    continue
-                meta = item.get("metadata")
-                if type(meta) is not dict:
-                    continue
                 try:
-                    rec = by_key.get((meta.get("namespace"), meta.get("name")))
-                except TypeError:  # an unhashable name: not one of ours
-                    continue
-                if rec is None:
-                    continue
-                raw_ts, raw_window = item.get("timestamp"), item.get("window")
-                containers = _container_bytes(item.get("containers"))
-                if type(raw_ts) is not str or not containers:
-                    continue  # malformed or empty: treated as missing, never acted on
-                ts = times.get(raw_ts, _UNSEEN)
-                if ts is _UNSEEN:
-                    ts = times[raw_ts] = parse_time(raw_ts)
-                if raw_window is None:
-                    window: float | None = 0.0
-                elif type(raw_window) is str:
-                    window = windows.get(raw_window, _UNSEEN)
-                    if window is _UNSEEN:
-                        window = windows[raw_window] = _window(raw_window)
-                else:
-                    window = None
-                if ts is None or window is None:
-                    continue  # malformed: treated as missing, never acted on
+                    meta = item["metadata"]
+                    rec = by_key.get((meta["namespace"], meta["name"]))
+                    if rec is None:
+                        continue
+                    raw_ts, raw_window, listed = item["timestamp"], item.get("window"), item["containers"]
+                    if len(listed) == 1:
+                        c = listed[0]
+                        said: tuple[tuple[Any, Any], ...] = ((c["name"], c["usage"]["memory"]),)
+                    else:
+                        said = tuple([(c["name"], c["usage"]["memory"]) for c in listed])
+                except (KeyError, TypeError, IndexError, AttributeError):
+                    careful = _said_carefully(item, by_key)
+                    if careful is None:
+                        continue
+                    rec, raw_ts, raw_window, said = careful
                 uid = rec.uid
                 last = before.get(uid)
-                if last is not None and last[0] is rec and last[1] == window and last[2].timestamp == ts \
-                        and last[2].containers == containers:
-                    out[uid] = last[2]
+                if last is not None and last[0] is rec and last[1] == raw_ts and last[2] == raw_window \
+                        and last[3] == said:
+                    out[uid] = last[4]
                     seen[uid] = last
                     continue
-                # Keyed by name, so the sample may be a predecessor's (a StatefulSet pod recreated
-                # under its name): it counts only if its window began after this pod started.
-                if _predates(rec, ts - window, containers):
-                    self.skipped[PREDATES_POD] += 1
-                    continue
-                usage = out[uid] = Usage(containers, ts, self.name)
-                seen[uid] = (rec, window, usage)
+                usage = self._sample(rec, raw_ts, raw_window, said, times, windows)
+                if usage is not None:
+                    out[uid] = usage
+                    seen[uid] = (rec, raw_ts, raw_window, said, usage)
         self._seen = seen
         return out
+
+    def _sample(self, rec: PodRecord, raw_ts: Any, raw_window: Any, said: tuple[tuple[Any, Any], ...],
+                times: dict[str, float | None], windows: dict[str, float | None]) -> Usage | None:
+        """The Usage one item describes, or None when it is malformed, empty, or may be a predecessor's."""
+        if type(raw_ts) is not str:
+            return None
+        ts = times.get(raw_ts, _UNSEEN)
+        if ts is _UNSEEN:
+            ts = times[raw_ts] = parse_time(raw_ts)
+        if raw_window is None:
+            window: float | None = 0.0
+        elif type(raw_window) is str:
+            window = windows.get(raw_window, _UNSEEN)
+            if window is _UNSEEN:
+                window = windows[raw_window] = _window(raw_window)
+        else:
+            window = None
+        containers = _container_bytes(said)
+        if ts is None or window is None or not containers:
+            return None  # malformed or empty: treated as missing, never acted on
+        # Keyed by name, so the sample may be a predecessor's (a StatefulSet pod recreated under its
+        # name): it counts only if its window began after this pod started.
+        if _predates(rec, ts - window, containers):
+            self.skipped[PREDATES_POD] += 1
+            return None
+        return Usage(containers, ts, self.name)
+
+
+def _said_carefully(item: Any, by_key: Mapping[tuple[Any, Any], PodRecord]) \
+        -> tuple[PodRecord, Any, Any, tuple[tuple[Any, Any], ...]] | None:
+    """(record, timestamp, window, (container name, memory) pairs) of an item not in metrics-server's
+    exact form, with every type checked: None when it is not one of ours or not readable at all.
+    Containers without a name or a memory figure are left out."""
+    if type(item) is not dict:
+        return None
+    meta = item.get("metadata")
+    if type(meta) is not dict:
+        return None
+    try:
+        rec = by_key.get((meta.get("namespace"), meta.get("name")))
+    except TypeError:  # an unhashable name: not one of ours
+        return None
+    if rec is None:
+        return None
+    listed = item.get("containers")
+    pairs = []
+    for c in listed if type(listed) is list else ():
+        if type(c) is not dict:
+            continue
+        usage = c.get("usage")
+        pairs.append((c.get("name"), usage.get("memory") if type(usage) is dict else None))
+    return rec, item.get("timestamp"), item.get("window"), tuple(pairs)
 
 
 def _window(value: Any) -> float | None:
@@ -165,17 +204,11 @@ def _predates(record: PodRecord, window_start: float, containers: Iterable[str])
     return any(window_start <= started for name, started in record.containers_started if name in containers)
 
 
-def _container_bytes(listed: Any) -> dict[str, int] | None:
-    """``containers[].usage.memory`` of one PodMetrics item, by container name; None when any value is
-    garbled (the whole sample is then treated as missing)."""
+def _container_bytes(said: tuple[tuple[Any, Any], ...]) -> dict[str, int] | None:
+    """Container name -> working-set bytes from (name, ``usage.memory``) pairs, leaving out those
+    without both; None when any value is garbled (the whole sample is then treated as missing)."""
     out: dict[str, int] = {}
-    if type(listed) is not list:
-        return out
-    for c in listed:
-        if type(c) is not dict:
-            continue
-        name, usage = c.get("name"), c.get("usage")
-        value = usage.get("memory") if type(usage) is dict else None
+    for name, value in said:
         if not name or value is None:
             continue
         try:

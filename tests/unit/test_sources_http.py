@@ -6,6 +6,7 @@ structural guard (usage requests per sweep do not grow with watched pods) holds 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -165,6 +166,11 @@ def test_sweep_makes_one_usage_request_whatever_the_pod_count(api: FakeApiServer
     {"containers": [["app", "300Mi"]]},
     {"containers": [{"name": "app", "usage": "300Mi"}]},
     {"window": "a while"},
+    {"window": 15},
+    {"metadata": {"name": ["p0"], "namespace": "shop"}},  # unhashable
+    {"containers": []},
+    {"containers": [{"name": "", "usage": {"memory": "300Mi"}}, {"usage": {"memory": "20Mi"}}]},
+    {"containers": [{"name": "app", "usage": {"memory": "300Mi"}}, {"name": "side", "usage": {"memory": [1]}}]},
 ])
 def test_malformed_metrics_items_are_ignored(api: FakeApiServer, bad: dict[str, Any]) -> None:
     recs = records(2)
@@ -172,6 +178,33 @@ def test_malformed_metrics_items_are_ignored(api: FakeApiServer, bad: dict[str, 
     api.pod_metrics[0].update(bad)
     out = MetricsApiSource(api.kube()).fetch(recs)
     assert set(out) == {"uid-1"}
+
+
+def test_an_item_not_in_metrics_servers_exact_form_is_still_read(api: FakeApiServer) -> None:
+    recs = records(2)
+    serve_metrics(api, recs)
+    api.pod_metrics[0]["containers"] = [{"name": "app", "usage": {"memory": 314572800}},  # a number
+                                        {"name": "side"},  # no usage: left out
+                                        "junk"]
+    del api.pod_metrics[0]["window"]
+    out = MetricsApiSource(api.kube()).fetch(recs)
+    assert out["uid-0"].containers == {"app": 300 * MI} and out["uid-1"].containers == {"app": 300 * MI,
+                                                                                      "side": 20 * MI}
+
+
+def test_a_sample_is_reused_only_while_the_item_says_the_same(api: FakeApiServer) -> None:
+    recs = records(2)
+    serve_metrics(api, recs)
+    source = MetricsApiSource(api.kube())
+    first = source.fetch(recs)
+    again = source.fetch(recs)
+    assert again["uid-0"] is first["uid-0"] and again["uid-1"] is first["uid-1"]
+    api.pod_metrics[0]["containers"][0]["usage"]["memory"] = "400Mi"  # same timestamp, new figure
+    third = source.fetch(recs)
+    assert third["uid-0"].containers["app"] == 400 * MI and third["uid-1"] is first["uid-1"]
+    renamed = [dataclasses.replace(recs[0], containers_started=()), recs[1]]  # a new record, same item
+    fourth = source.fetch(renamed)
+    assert fourth["uid-0"] is not third["uid-0"] and fourth["uid-0"].containers == third["uid-0"].containers
 
 
 def test_malformed_metrics_items_are_never_acted_on(api: FakeApiServer, clock: FakeClock) -> None:
