@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import random
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -25,9 +26,18 @@ log = logging.getLogger("memwatch.watcher")
 
 #: Finished pods use no memory: the API server need not send them at all.
 ACTIVE_PODS = "status.phase!=Succeeded,status.phase!=Failed"
-#: A watch stream with nothing on it for this long (the API server sends a bookmark about every
-#: minute) is treated as stalled and reconnected.
+#: A watch stream with nothing on it for this long is treated as stalled and reconnected. The API
+#: server ends every WATCH at its ``timeoutSeconds``, which memwatch draws below this (see
+#: :func:`watch_timeout`): a quiet resource's watch ends cleanly first (before 1.27 the server sends
+#: its only bookmark just before that deadline), so the silence means a connection that stalled.
 WATCH_SILENCE = 120.0
+
+
+def watch_timeout(silence: float = WATCH_SILENCE) -> int:
+    """A WATCH's ``timeoutSeconds``: drawn between half and 0.9 of ``silence`` (60-108 s by default),
+    so that watchers do not all reconnect at once (client-go draws its own the same way) and a quiet
+    watch ends, cleanly and silently, before its silence counts as a stall."""
+    return max(1, int(random.uniform(0.5, 0.9) * silence))
 #: How often an optional resource that is not served (policies without their CRDs) is looked for.
 OPTIONAL_RETRY = 60.0
 
@@ -86,7 +96,7 @@ class PodWatcher:
 
     def __init__(self, kube: Kube, index: PodIndex | Sink, namespace: str | None = None,
                  label_selector: str = "", field_selector: str = ACTIVE_PODS,
-                 page_size: int = 500, watch_timeout: int = 300, silence: float = WATCH_SILENCE,
+                 page_size: int = 500, watch_timeout: int | None = None, silence: float = WATCH_SILENCE,
                  resource: str = "pods", api: str = "/api/v1", optional: bool = False) -> None:
         self.kube = kube
         self.index = index
@@ -100,6 +110,7 @@ class PodWatcher:
         self.label_selector = label_selector
         self.field_selector = field_selector
         self.page_size = page_size
+        #: timeoutSeconds of each WATCH; None: a new draw of :func:`watch_timeout` for each.
         self.watch_timeout = watch_timeout
         self.silence = silence
         self.synced = threading.Event()  # listed, and no re-list needed since
@@ -159,7 +170,8 @@ class PodWatcher:
 
     def watch_once(self) -> None:
         """Follow the WATCH until it times out (returns) or expires (raises Gone)."""
-        events = self.kube.watch(self.path, self.resource_version, self._query(), self.watch_timeout,
+        timeout = self.watch_timeout if self.watch_timeout is not None else watch_timeout(self.silence)
+        events = self.kube.watch(self.path, self.resource_version, self._query(), timeout,
                                  silence=self.silence, on_connect=self._contact, hold=self._hold)
         for event in events:
             self.last_contact = time.monotonic()

@@ -743,3 +743,21 @@ def test_kubelet_sample_from_before_a_container_restart_is_skipped(api: KubeletA
     source = kubelet_source(api.kube(), api.pki)
     assert set(source.fetch([rec, fine])) == {"u2"}
     assert source.skipped == {"predates-pod": 1}
+
+
+def test_a_quiet_watch_ends_on_the_servers_deadline_before_its_silence_counts(api: FakeApiServer) -> None:
+    """Before 1.27 the API server sends a quiet watch its one bookmark just before timeoutSeconds:
+    a timeout above WATCH_SILENCE made every quiet watch a "stalled" warning. Each WATCH now asks
+    for a deadline under the silence, drawn anew (reconnects do not line up)."""
+    from memwatch.watcher import WATCH_SILENCE
+
+    api.pods = cluster(1)
+    watcher = PodWatcher(api.kube(), PodIndex(Defaults(), Protections().reason))
+    watcher.list_once()
+    for _ in range(8):
+        api.watch_scripts.append([])
+        watcher.watch_once()
+    timeouts = [int(r.query["timeoutSeconds"]) for r in api.requests("GET", "/api/v1/pods")
+                if r.query.get("watch") == "true"]
+    assert len(timeouts) == 8 and len(set(timeouts)) > 1, timeouts
+    assert all(WATCH_SILENCE / 2 <= t < WATCH_SILENCE for t in timeouts), timeouts
