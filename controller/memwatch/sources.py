@@ -201,7 +201,10 @@ def _predates(record: PodRecord, window_start: float, containers: Iterable[str])
         return record.phase == "Pending"
     if window_start <= record.started_at:
         return True
-    return any(window_start <= started for name, started in record.containers_started if name in containers)
+    for name, started in record.containers_started:  # a plain loop: called for every new sample
+        if window_start <= started and name in containers:
+            return True
+    return False
 
 
 def _container_bytes(said: tuple[tuple[Any, Any], ...]) -> dict[str, int] | None:
