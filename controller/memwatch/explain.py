@@ -27,7 +27,6 @@ Light to import: the Kubernetes client is imported only when a live command runs
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import io
 import json
@@ -79,7 +78,16 @@ from memwatch.policyset import (
 )
 from memwatch.protections import SYSTEM_CLUSTER_CRITICAL, Protections
 from memwatch.quantity import format_bytes, parse_time
-from memwatch.status import NAMESPACE, StatusError, _duration, _Parser, _printable, garbled
+from memwatch.status import (
+    NAMESPACE,
+    StatusError,
+    _duration,
+    _Parser,
+    _printable,
+    command_execute,
+    command_main,
+    garbled,
+)
 from memwatch.status import explain as api_error
 
 if TYPE_CHECKING:
@@ -802,34 +810,10 @@ def main(argv: Sequence[str], env: Mapping[str, str] | None = None, prog: str = 
          out: TextIO | None = None, err: TextIO | None = None,
          formatter_class: type[argparse.HelpFormatter] = argparse.HelpFormatter) -> int:
     """`memwatch explain ...` (``argv`` after the word `explain`). Returns the exit code."""
-    env = os.environ if env is None else env
-    try:
-        args = build_parser(prog, env, formatter_class).parse_args(argv)
-    except StatusError as exc:
-        (sys.stderr if err is None else err).write(f"{prog}: error: {exc}\n")
-        return exc.code
-    return execute(args, env, prog, out, err)
+    return command_main(build_parser, run, argv, env, prog, out, err, formatter_class)
 
 
 def execute(args: argparse.Namespace, env: Mapping[str, str], prog: str = PROG,
             out: TextIO | None = None, err: TextIO | None = None) -> int:
     """Run parsed arguments; every failure is one line on ``err`` and an exit code."""
-    out = sys.stdout if out is None else out
-    err = sys.stderr if err is None else err
-    try:
-        return run(args, env, out, err, prog)
-    except StatusError as exc:
-        err.write(f"{prog}: error: {_printable(str(exc))}\n")
-        return exc.code
-    except KeyboardInterrupt:
-        err.write("\n")
-        return 130
-    except BrokenPipeError:  # `memwatch explain ... | head`
-        if out is sys.stdout:
-            with contextlib.suppress(OSError):
-                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 0
-    except Exception as exc:  # a bug, or an answer nobody foresaw: still one line, never a traceback
-        err.write(f"{prog}: error: unexpected {type(exc).__name__}: {' '.join(str(exc).split())[:500]} "
-                  "(please report it)\n")
-        return 1
+    return command_execute(run, args, env, prog, out, err)

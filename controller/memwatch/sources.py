@@ -201,7 +201,7 @@ def _predates(record: PodRecord, window_start: float, containers: Iterable[str])
         return record.phase == "Pending"
     if window_start <= record.started_at:
         return True
-    for name, started in record.containers_started:  # a plain loop: called for every new sample
+    for name, started in record.containers_started:  # noqa: SIM110 (a plain loop: every new sample)
         if window_start <= started and name in containers:
             return True
     return False

@@ -1012,24 +1012,42 @@ def main(argv: Sequence[str], env: Mapping[str, str] | None = None, prog: str = 
          out: TextIO | None = None, err: TextIO | None = None,
          formatter_class: type[argparse.HelpFormatter] = argparse.HelpFormatter) -> int:
     """`memwatch status ...` (``argv`` after the word `status`). Returns the exit code."""
-    env = os.environ if env is None else env
-    try:
-        args = build_parser(prog, env, formatter_class).parse_args(argv)
-    except StatusError as exc:
-        (sys.stderr if err is None else err).write(f"{prog}: error: {exc}\n")
-        return exc.code
-    return execute(args, env, prog, out, err)
+    return command_main(build_parser, run, argv, env, prog, out, err, formatter_class)
 
 
 def execute(args: argparse.Namespace, env: Mapping[str, str], prog: str = PROG,
             out: TextIO | None = None, err: TextIO | None = None) -> int:
     """Run parsed arguments; every failure is one line on ``err`` and an exit code."""
+    return command_execute(run, args, env, prog, out, err)
+
+
+#: A read-only command's body: ``run(args, env, out, err, prog)`` -> exit code.
+Runner = Callable[[argparse.Namespace, Mapping[str, str], TextIO, TextIO, str], int]
+
+
+def command_main(build: Callable[[str, Mapping[str, str], type[argparse.HelpFormatter]], argparse.ArgumentParser],
+                 runner: Runner, argv: Sequence[str], env: Mapping[str, str] | None, prog: str,
+                 out: TextIO | None, err: TextIO | None, formatter_class: type[argparse.HelpFormatter]) -> int:
+    """Parse ``argv`` with the parser ``build`` makes and run it: the shell `memwatch status` and
+    `memwatch explain` share (and the kubectl plugin with them)."""
+    env = os.environ if env is None else env
+    try:
+        args = build(prog, env, formatter_class).parse_args(argv)
+    except StatusError as exc:
+        (sys.stderr if err is None else err).write(f"{prog}: error: {exc}\n")
+        return exc.code
+    return command_execute(runner, args, env, prog, out, err)
+
+
+def command_execute(runner: Runner, args: argparse.Namespace, env: Mapping[str, str], prog: str,
+                    out: TextIO | None, err: TextIO | None) -> int:
+    """Run a read-only command; every failure is one line on ``err`` and an exit code, never a traceback."""
     out = sys.stdout if out is None else out
     err = sys.stderr if err is None else err
     try:
-        return run(args, env, out, err, prog)
+        return runner(args, env, out, err, prog)
     except StatusError as exc:
-        err.write(f"{prog}: error: {exc}\n")
+        err.write(f"{prog}: error: {_printable(str(exc))}\n")
         return exc.code
     except KeyboardInterrupt:  # Ctrl-C while a single read is under way
         err.write("\n")
