@@ -329,3 +329,29 @@ def test_evict_false_leaves_the_api_alone(tree: Path) -> None:
     for _ in range(3):
         step(agent, clock)
     assert api.graces == [] and api.on("Pod") == []
+
+
+def test_a_spent_restart_budget_does_not_hold_the_guard_and_it_does_not_count(tree: Path) -> None:
+    """README "Protecting the node": saving the node comes before a workload's restart budget, as the
+    kubelet's node-pressure eviction does; the guard's own per-node cap bounds it."""
+    from memwatch.policy import RestartBudget
+
+    set_limit(tree, 40 * MiB)
+    api = Api()
+    agent, clock, _ = guarded(tree, api)
+    assert agent.guard is not None
+    pod = make_pod(UID_B, name="burstable", annotations={})
+    pod["metadata"]["labels"] = {"pod-template-hash": "5d9c8"}
+    pod["metadata"]["ownerReferences"] = [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "web-5d9c8",
+                                           "uid": "rs-1", "controller": True}]
+    agent.guard.pods.upsert(pod)
+    book = agent.recorder.budget
+    now = clock.wall()
+    for i in range(3):  # the default budget, 3/1h, spent on Deployment/web
+        book.record("default", "Deployment/web", now - 60 * (i + 1), f"default/earlier-{i}")
+    spent = RestartBudget(3, 3600.0)
+    assert book.state("default", "Deployment/web", spent, now).used == 3
+    step(agent, clock)
+    step(agent, clock)
+    assert api.evictions == [("default", "burstable", UID_B)]
+    assert book.state("default", "Deployment/web", spent, clock.wall()).used == 3
