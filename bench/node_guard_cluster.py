@@ -418,10 +418,15 @@ def guard_agent() -> Iterator[Measured]:
     with agent:
         agent.wait_for(r"node guard on: soft line", 60)
         agent.wait_for(r"agent started:", 60)
-        # "agent started" comes before the first LIST: the guard's own pod watch (every pod on the
-        # node; the agent's watch selects none here) must have listed the ballast, or a race started
+        # "agent started" comes before the first LIST: both pod watches (the agent's, which selects
+        # none here, and the guard's own, every pod on the node) must have listed, or a race started
         # now finds a guard that knows no pod (4 pods x 500 MiB/s #5 on 2026-12-02: 2.5 s blind).
-        agent.wait_for(r"listed pods scope=\S+ watched=[1-9]", 60)
+        # The race's own pods are created after this, and reach the guard as watch events.
+        deadline = time.time() + 60
+        while sum("listed pods scope=" in line for _, line in list(agent.lines)) < 2:
+            if time.time() > deadline:
+                raise TimeoutError("the agent's two pod watches did not both list within 60s")
+            time.sleep(0.05)
         yield agent
 
 
