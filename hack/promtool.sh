@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Print the path of a promtool, Prometheus' rule checker, for the chart's alert tests
 # (tests/chart/test_alerts.py); with --prometheus, the path of the Prometheus server instead, for
-# the test that scrapes real memwatch processes (tests/chart/test_prometheus_scrape.py).
+# the tests that scrape real memwatch processes (tests/chart/test_prometheus_scrape.py) and the
+# release on the local cluster (tests/e2e/test_prometheus_cluster.py).
 #
 #   hack/promtool.sh                 promtool
 #   hack/promtool.sh --prometheus    prometheus

@@ -30,7 +30,11 @@ What it does not prove: it runs against a fake API server and fixture cgroups, n
 cluster, so not that a real ServiceMonitor scrape gives the series these labels (the targets get
 them as static labels, read from the rendered Services and ServiceMonitor), nor the numbers a real
 metrics-server, kubelet or kernel would produce; and the alerts with a `for` only have to evaluate
-(promtool's unit tests in test_alerts.py fire and clear every alert).
+(promtool's unit tests in test_alerts.py fire and clear every alert). The scrape through the
+ServiceMonitor is tests/e2e/test_prometheus_cluster.py's: the same Prometheus on the local
+cluster, configured from the rendered ServiceMonitor as prometheus-operator would configure it
+(tests/chart/scrapeconfig.py), checks that every name the alerts and the dashboard use has series
+from the installed release, carrying the ServiceMonitor's labels.
 """
 
 from __future__ import annotations
