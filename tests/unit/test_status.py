@@ -718,10 +718,18 @@ def _wait_for(lines: queue.Queue[str], seen: list[str], check: Callable[[list[st
             continue
 
 
+def _interruptible() -> None:
+    """In the child, before exec: Ctrl-C as a terminal delivers it. A test run started as a background
+    job of a shell without job control (`(make test &)`, `nohup ... &`) inherits SIGINT ignored, and
+    Python then installs no KeyboardInterrupt handler: the command under test would never see Ctrl-C."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.mark.timeout(60)
 def test_ctrl_c_ends_watch_cleanly(scene: Scene) -> None:
     proc = subprocess.Popen([sys.executable, "-m", "memwatch", "status", *scene.argv("--watch", "--interval", "0.2s")],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_clean_env())
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_clean_env(),
+                            preexec_fn=_interruptible)
     try:
         seen: list[str] = []
         _wait_for(_lines(proc.stdout), seen, lambda s: sum(line.startswith("Every 0.2s:") for line in s) >= 3, 30)
@@ -745,7 +753,7 @@ def test_ctrl_c_during_a_single_read_is_clean(tmp_path: Path) -> None:
         kubeconfig = write_kubeconfig(tmp_path, f"http://127.0.0.1:{listener.getsockname()[1]}")
         proc = subprocess.Popen([sys.executable, "-m", "memwatch", "status", "--kubeconfig", str(kubeconfig),
                                  "--request-timeout", "30s"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                text=True, env=_clean_env())
+                                text=True, env=_clean_env(), preexec_fn=_interruptible)
         try:
             conn, _ = listener.accept()  # the request arrived: the command is waiting for the answer
             proc.send_signal(signal.SIGINT)
