@@ -102,7 +102,7 @@ bench: install ## Benchmarks: print the figures table, write bench/results/<date
 	$(PY) bench/run.py
 
 .PHONY: bench-node-guard
-bench-node-guard: install ## The node guard against the kubelet's own eviction: a local cluster with a 1 GiB kubepods, 120 races (~70 min at ~35 s a race), then down.
+bench-node-guard: install ## The node guard against the kubelet's own eviction: a local cluster with a 1 GiB kubepods, 120 races (~40 min measured on 2026-12-02, plus the cluster), then down.
 	@if bash $(CLUSTER) status >/dev/null 2>&1; then \
 		echo "bench-node-guard: a local cluster is up; it needs its own (node allocatable enforced on pods): make cluster-down first" >&2; exit 1; fi
 	MEMWATCH_CLUSTER_PODS_MEMORY=1024 bash $(CLUSTER) up
