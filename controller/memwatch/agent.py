@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import logging
+import math
 import os
 import queue
 import select
@@ -230,7 +231,14 @@ class Agent:
         self.timings: deque[ActionTiming] = deque(maxlen=1000)
         self.ticks = 0
         self.skipped = 0  # pod samples left to the kernel's guard (adaptive sampling)
+        self.idle_ticks = 0  # ticks that found no pod due and nothing changed: no pass over the pods
         self._full_tick = True  # the next tick reads every pod (the kernel woke us)
+        self._woken = True  # a descriptor was ready since the last pass (cgroups came or went, a crossing)
+        #: What the last pass over the pods saw (index and cgroup generations, policies current) and
+        #: when its first guarded pod is due: until then, with all of it unchanged, a tick has nothing to read.
+        self._pass_key: tuple[int, int, bool] | None = None
+        self._next_due = 0.0
+        self._sampled = self._live = 0  # pods the last pass read, and looked at
         self.last_tick = 0.0
         self.heartbeat = time.monotonic()
         self.rss = 0
@@ -288,12 +296,28 @@ class Agent:
         if not self._history_loaded and time.monotonic() >= self._history_next:
             self._history_next = float("inf")  # one load in flight at a time
             self.worker.submit(self._load_history)
-        self._apply_results()
+        applied = self._apply_results()
+        if not self._full_tick and self._poll is not None:
+            self.wait(0)  # a threshold crossed since the last wait (tick() called on its own) reads all
+        current = self.policy_feed is None or self.policy_feed.current(fresh=False)
+        key = (self.index.generation, self.source.generation, current)
+        if (not applied and not self._full_tick and not self._woken and not self._events_dirty
+                and not self.worker.busy and key == self._pass_key and time.monotonic() < self._next_due):
+            self.idle_ticks += 1  # every pod is quiet under the kernel's guard and none is due
+            self.skipped += self._live
+            self._tail(t0)
+            return 0
+        self._pass_key, self._woken = key, False
+        self._next_due = self._pass(current)
+        self._tail(t0)
+        return self._sampled
+
+    def _pass(self, current: bool) -> float:
+        """One pass over the watched pods: read the due and unguarded ones, judge, act. Returns when
+        the first pod it left to the kernel is due (0: a pod needs the very next tick)."""
         live: list[PodRecord] = []
         lives = self.lifecycle
-        records = self.index.snapshot()
-        if self.policy_feed is not None and not self.policy_feed.current(fresh=False):
-            records = []  # the policies (or the pods resolved with them) are not in yet: judge nothing
+        records = self.index.snapshot() if current else []  # policies not in yet: judge nothing
         # Only pods that left the index lose their state: an evicted pod keeps DONE until it is gone.
         lives.retain({r.uid for r in records} | self.worker.busy)
         for rec in records:
@@ -314,22 +338,26 @@ class Agent:
         uids = {r.uid for r in live}
         missing: list[PodRecord] = []
         sampled = 0
-        if not self._full_tick and self._poll is not None:
-            self.wait(0)  # a threshold crossed since the last wait (tick() called on its own) reads all
         full, self._full_tick = self._full_tick, False
         now = time.monotonic()
+        next_due = float("inf")
         for rec in live:
-            if not full and self._guarded(rec, now):
-                self.skipped += 1
-                continue
+            if not full:
+                until = self._quiet_until(rec)
+                if now < until:
+                    self.skipped += 1
+                    next_due = min(next_due, until)
+                    continue
             usage = self.source.sample(rec)
             if usage is None:
                 lives.interrupt(rec.uid)
                 if rec.container_ids and rec.uid in self.source.problems:
                     missing.append(rec)
+                next_due = 0.0
                 continue
             self._evaluate(rec, usage)
             self._schedule(rec, now)
+            next_due = min(next_due, self._quiet_until(rec))
             sampled += 1
         if missing:  # cgroups unreadable: psutil's RSS, at its own slower cadence
             for rec in missing:
@@ -337,10 +365,15 @@ class Agent:
                 if usage is not None and self.clock.wall() - usage.timestamp <= self.settings.max_sample_age:
                     self._evaluate(rec, usage)
                     sampled += 1
-        self._retry_due()
         self.source.prune(uids)
         for uid in [u for u in self.states if u not in uids]:
             del self.states[uid]
+        self._sampled, self._live = sampled, len(live)
+        return next_due
+
+    def _tail(self, t0: float) -> None:
+        """What every tick does, whether or not it passed over the pods."""
+        self._retry_due()
         self._sync_events()
         self._self_check()
         if self.guard is not None:
@@ -348,23 +381,22 @@ class Agent:
         self.ticks += 1
         self.last_tick = time.perf_counter() - t0
         self._tick_hist.observe(self.last_tick)
-        return sampled
 
     # -- adaptive sampling ----------------------------------------------------------------------------
-    def _guarded(self, rec: PodRecord, now: float) -> bool:
-        """Whether this sample of the pod can be left to the kernel: it is quiet (under every limit,
-        nothing in flight, its current policy's thresholds registered) and not due yet, and every
+    def _quiet_until(self, rec: PodRecord) -> float:
+        """Until when this pod's samples can be left to the kernel (0.0: read it now): it is quiet
+        (under every limit, nothing in flight, its current policy's thresholds registered), and every
         cgroup read for it has a v1 threshold notification armed below its lowest line that usage
         has not reached. A crossing then wakes the agent at once, and that sample reads every pod."""
         st = self.states.get(rec.uid)
-        if st is None or now >= st.next_sample or st.policy is not rec.policy or self._events_dirty:
-            return False
+        if st is None or not st.next_sample or st.policy is not rec.policy or self._events_dirty:
+            return 0.0  # (next_sample 0.0: nothing stands guard over it, see _schedule)
         if rec.terminating or rec.uid in self.worker.busy or st.evicting_since is not None or st.killed:
-            return False
+            return 0.0
         life = self.lifecycle.peek(rec.uid)
         if life is not None and life.phase is not Phase.IDLE:
-            return False
-        return self.source.guarded_room(rec.uid) is not None
+            return 0.0
+        return st.next_sample if self.source.guarded_room(rec.uid) is not None else 0.0
 
     def _schedule(self, rec: PodRecord, now: float) -> None:
         """When a quiet, guarded pod is read next: sooner the faster it grows towards its lowest
@@ -398,13 +430,15 @@ class Agent:
         life.announced = key
         self.worker.submit(partial(self.recorder.invalid if what == "invalid" else self.recorder.warnings, rec))
 
-    def _apply_results(self) -> None:
+    def _apply_results(self) -> int:
         """Outcomes of the worker's API actions, applied on this (the lifecycle's own) thread."""
+        applied = 0
         while True:
             try:
                 uid, outcome = self.worker.results.get_nowait()
             except queue.Empty:
-                return
+                return applied
+            applied += 1
             self.lifecycle.result(uid, outcome)
             st = self.states.get(uid)
             if st is not None and (outcome.result in ("rate-limited", "not-leader", "waiting")
@@ -796,7 +830,11 @@ class Agent:
         if self._poll is None:
             self._stop.wait(seconds)
             return False
-        ready = self._poll.poll(max(0, int(seconds * 1000)))
+        # Whole milliseconds, rounded up: rounded down, the last millisecond before a tick was a busy
+        # loop of poll(0) (about 1 % of a core at a 100 ms period, measured).
+        ready = self._poll.poll(max(0, math.ceil(seconds * 1000)))
+        if ready:
+            self._woken = True  # whatever it was (a crossing, cgroups come or gone): the next tick passes
         notify = self.source.notify_fd()
         for fd, _ in ready:
             reader = self._poll_fds.get(fd)

@@ -172,6 +172,8 @@ class PodIndex:
         self.policies: PolicySet = EMPTY
         self._pods: dict[str, PodRecord] = {}
         self._lock = threading.Lock()
+        #: Counts every change to the map: equal between two reads, nothing was added, replaced or removed.
+        self.generation = 0
         self.synced = threading.Event()  # set once every watch has listed at least once
 
     def __len__(self) -> int:
@@ -186,12 +188,14 @@ class PodIndex:
                 self._pods.pop(uid, None)  # annotations removed: stop watching
             else:
                 self._pods[uid] = record
+            self.generation += 1
 
     def remove(self, pod: Mapping[str, Any]) -> None:
         """Apply a DELETED pod from the watch."""
         uid = str((pod.get("metadata") or {}).get("uid", ""))
         with self._lock:
             self._pods.pop(uid, None)
+            self.generation += 1
 
     def replace(self, pods: Iterable[Mapping[str, Any]], scope: Callable[[PodRecord], bool]) -> None:
         """Apply a full LIST: ``pods`` is the truth for every record matching ``scope``."""
@@ -205,6 +209,7 @@ class PodIndex:
                 del self._pods[uid]
             for uid, record in fresh.items():
                 self._pods[uid] = record
+            self.generation += 1
 
     def snapshot(self) -> list[PodRecord]:
         """The records as they are now."""

@@ -135,3 +135,27 @@ def test_without_kernel_threshold_notifications_every_pod_is_read_every_sample(
     agent.index.upsert(make_pod(annotations={"memwatch.io/limit": "380Mi"}))
     assert _ticks(agent, MAX_STRIDE + 2, period=0.0) == [1] * (MAX_STRIDE + 2)
     assert agent.skipped == 0 and agent.source.guarded_room(UID_B) is None
+
+
+def test_a_tick_with_no_pod_due_and_nothing_changed_does_not_pass_over_the_pods(
+        quiet: tuple[Agent, Any, ApiDouble]) -> None:
+    """Idle ticks cost a wake-up, not a pass over every pod; any change to the pods (here the watch
+    limit) makes the very next tick read them again."""
+    agent, _, _ = quiet
+    sampled = _ticks(agent, MAX_STRIDE + 4)
+    assert agent.idle_ticks >= MAX_STRIDE // 2, (sampled, agent.idle_ticks)
+    idle = agent.idle_ticks
+    assert agent.tick() == 0 and agent.idle_ticks == idle + 1, "not due and nothing changed: no pass"
+    agent.index.upsert(_pod(limit="40Mi"))  # a new record (and policy) for the pod
+    assert agent.tick() == 1 and agent.idle_ticks == idle + 1, "a changed pod is read at the next tick"
+
+
+def test_waiting_less_than_a_millisecond_sleeps_instead_of_spinning(quiet: tuple[Agent, Any, ApiDouble]) -> None:
+    """poll() takes whole milliseconds: a wait of 0.4 ms must sleep (rounded up), not return at once
+    (rounded down), or the run loop spins through the last millisecond before every tick."""
+    agent, _, _ = quiet
+    _ticks(agent, 2)
+    assert agent._poll is not None, "the kernel's notifications are armed: waits go through poll()"
+    t0 = time.monotonic()
+    agent.wait(0.0004)
+    assert time.monotonic() - t0 >= 0.0004
