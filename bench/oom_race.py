@@ -564,22 +564,24 @@ def naive_cpu(paths: list[Path], seconds: float, period: float = 0.1) -> float:
 
 
 @contextlib.contextmanager
-def real_cgroups(hog: Path, n: int) -> Iterator[tuple[list[MemCgroup], list[dict[str, Any]]]]:
-    """``n`` real v1 memory cgroups (limit 32 MiB), each with a sleeping process holding 20 MiB."""
+def real_cgroups(hog: Path, n: int, limit_mib: int = 32, watch: str = "30Mi",
+                 ) -> Iterator[tuple[list[MemCgroup], list[dict[str, Any]]]]:
+    """``n`` real v1 memory cgroups (limit ``limit_mib``, watch limit ``watch``), each with a sleeping
+    process holding 20 MiB: near its limits with the defaults, idle with a 256 MiB limit."""
     groups: list[MemCgroup] = []
     procs: list[subprocess.Popen[bytes]] = []
     pods = []
     try:
         for i in range(n):
-            cg = MemCgroup(32 * MiB, prefix="memwatch-bench")
+            cg = MemCgroup(limit_mib * MiB, prefix="memwatch-bench")
             groups.append(cg)
             procs.append(cg.spawn([str(hog), "--sleep", "--start", "20"]))
             uid = str(uuid.UUID(int=i + 1))
             pods.append({
                 "metadata": {"uid": uid, "name": f"p{i}", "namespace": "bench",
-                             "annotations": {"memwatch.io/limit": "30Mi"}},
+                             "annotations": {"memwatch.io/limit": watch}},
                 "spec": {"nodeName": "bench", "containers": [
-                    {"name": "c", "resources": {"limits": {"memory": "32Mi"}}}]},
+                    {"name": "c", "resources": {"limits": {"memory": f"{limit_mib}Mi"}}}]},
                 "status": {"phase": "Running", "containerStatuses": [{"name": "c", "containerID": f"x://{i}"}]},
             })
         deadline = time.monotonic() + 10
@@ -699,19 +701,26 @@ def cpu_rows(hog: Path, seconds: float) -> list[dict[str, Any]]:
             paths = [p for p in (root / "memory" / "kubepods" / "burstable").glob("pod*/*")]
             base = naive_cpu(paths, seconds)
             rows.append(_cpu_row(f"agent CPU, 110 fixture pods @100ms ({'all near limits' if hot else 'idle'})",
-                                 cpu, base, ticks, seconds))
+                                 cpu, base, ticks, seconds, target=2.0 if hot else 1.0))
     with real_cgroups(hog, 110) as (groups, pods):
         by_uid = {pod["metadata"]["uid"]: g.path for pod, g in zip(pods, groups, strict=True)}
         cpu, ticks = agent_cpu(V1_MEMORY, pods, seconds,
                                locate=lambda rec: (None, {"c": by_uid[rec.uid]}))
         base = naive_cpu([g.path for g in groups], seconds)
         rows.append(_cpu_row("agent CPU, 110 real v1 cgroups @100ms (all near limits)", cpu, base, ticks, seconds))
+    with real_cgroups(hog, 110, limit_mib=256, watch="240Mi") as (groups, pods):
+        by_uid = {pod["metadata"]["uid"]: g.path for pod, g in zip(pods, groups, strict=True)}
+        cpu, ticks = agent_cpu(V1_MEMORY, pods, seconds,
+                               locate=lambda rec: (None, {"c": by_uid[rec.uid]}))
+        base = naive_cpu([g.path for g in groups], seconds)
+        rows.append(_cpu_row("agent CPU, 110 real v1 cgroups @100ms (idle: 20 of 256 MiB)", cpu, base, ticks,
+                             seconds, target=1.0))
     return rows
 
 
-def _cpu_row(name: str, cpu: float, base: float, ticks: int, seconds: float) -> dict[str, Any]:
+def _cpu_row(name: str, cpu: float, base: float, ticks: int, seconds: float, target: float = 2.0) -> dict[str, Any]:
     return {"name": name, "memwatch": f"{cpu:.2f}% of a core", "baseline": f"{base:.2f}% (naive re-open reads)",
-            "ratio": f"{cpu / base:.2f}x" if base else "-", "target": "< 2%", "met": cpu < 2.0,
+            "ratio": f"{cpu / base:.2f}x" if base else "-", "target": f"< {target:g}%", "met": cpu < target,
             "detail": {"samples": ticks, "seconds": seconds}}
 
 
