@@ -414,13 +414,15 @@ def is_pod_write(verb: str, resource: str) -> bool:
 
 class FakeMetrics:
     """PodMetrics for a set of pods, as metrics-server serves them: a cached body per pod set,
-    with the timestamp put in per request."""
+    with the timestamp put in per request. The timestamp moves on once per ``resolution`` seconds,
+    as metrics-server's samples do (15 s: ``--metric-resolution`` in its published manifests)."""
 
-    def __init__(self) -> None:
+    def __init__(self, resolution: float = 15.0) -> None:
         self._pods: list[tuple[str, str]] = []
         self._body = b""
         self._lock = threading.Lock()
         self.usage = "16Mi"  # under the bench limit (64Mi): no action, so no writes
+        self.resolution = resolution
 
     def set_pods(self, pods: Sequence[tuple[str, str]]) -> None:
         items = [self._item(ns, name) for ns, name in pods]
@@ -439,10 +441,15 @@ class FakeMetrics:
     def _now() -> bytes:
         return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ").encode()
 
+    def _sampled(self) -> bytes:
+        """When metrics-server last scraped: now, floored to the resolution."""
+        t = time.time() // self.resolution * self.resolution
+        return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%SZ").encode()
+
     def list_body(self, stamp: bytes | None = None) -> bytes:
-        """The LIST body, every item stamped ``stamp`` (default: now, to the second)."""
+        """The LIST body, every item stamped ``stamp`` (default: the last scrape, see ``resolution``)."""
         with self._lock:
-            return self._body.replace(b"__TS__", stamp or self._now())
+            return self._body.replace(b"__TS__", stamp or self._sampled())
 
     def get_body(self, ns: str, name: str) -> bytes | None:
         item = self._item(ns, name)

@@ -1,6 +1,6 @@
 """Rows 3 and 4: controller memory, start-up and CPU at scale, against the same-run kopf baseline.
 
-Row 3. 1k, 5k and 10k pods in the cluster (bench-mixed, 10 % annotated). `memwatch run` starts as
+Row 3. 1k, 5k, 10k, 25k and 50k pods in the cluster (bench-mixed, 10 % annotated). `memwatch run` starts as
 a child process, cluster-wide, ``--source metrics-api`` through the counting proxy (which serves
 PodMetrics for the annotated pods), ``--dry-run``. Measured: wall time from spawning the process to
 its first completed sweep (the sweep counter on its /metrics), RSS after 10 s of steady state, and
@@ -103,7 +103,7 @@ def _kopf_startup(ctx: Context, n: int) -> dict[str, float]:
 
 
 def row3(ctx: Context) -> list[Row]:
-    sizes = (500, 1000) if ctx.quick else (1000, 5000, 10000)
+    sizes = (500, 1000) if ctx.quick else (1000, 5000, 10000, 25000, 50000)
     label = "/".join(f"{s / 1000:g}k" for s in sizes)
     figures = [f"3. controller RSS steady ({label} pods, 10 % annotated)", f"3. controller RSS peak ({label})",
                f"3. start to first complete sweep ({label})", "3. start-up scaling, 2x pods"]
@@ -122,8 +122,8 @@ def row3(ctx: Context) -> list[Row]:
         ctx.pictures["controller_scale"] = [
             (cluster[n], mw[n]["steady"], kp[n]["steady"], mw[n]["first"], kp[n]["first"]) for n in sizes]
     big, half = sizes[-1], sizes[-2]
-    at_target = big >= 10000
-    quick_note = "" if at_target else f" (quick run: largest size {big:,}; targets are at 10k)"
+    at_target = big >= 50000
+    quick_note = "" if at_target else f" (quick run: largest size {big:,}; targets are at 50k)"
 
     def series(d: dict[int, dict[str, float]], key: str, fmt: Any) -> str:
         return " / ".join(fmt(d[n][key]) for n in sizes)
@@ -137,16 +137,16 @@ def row3(ctx: Context) -> list[Row]:
     pods_note = "pods in cluster " + " / ".join(f"{cluster[n]:,}" for n in sizes)
     return [
         Row(figures[0], series(mw, "steady", mib), series(kp, "steady", mib) + " (kopf on.event)",
-            ratio(mw[big]["steady"], kp[big]["steady"]), "≤ 150 MiB at 10k" + quick_note,
+            ratio(mw[big]["steady"], kp[big]["steady"]), "≤ 150 MiB at 50k" + quick_note,
             met(mw[big]["steady"] <= 150 * 2**20 if at_target else None)),
         Row(figures[1], series(mw, "peak", mib), series(kp, "peak", mib),
-            ratio(mw[big]["peak"], kp[big]["peak"]), "≤ 200 MiB at 10k" + quick_note,
+            ratio(mw[big]["peak"], kp[big]["peak"]), "≤ 200 MiB at 50k" + quick_note,
             met(mw[big]["peak"] <= 200 * 2**20 if at_target else None)),
         Row(figures[2], series(mw, "first", secs) + " (from spawn; own clock "
             + series(mw, "internal", secs) + ")",
             series(kp, "first", secs) + " (to seeing every pod)", ratio(mw[big]["first"], kp[big]["first"]),
-            f"≤ 15 s at 10k; {pods_note}" + quick_note,
-            met(mw[big]["first"] <= 15 if at_target else None)),
+            f"≤ 20 s at 50k; {pods_note}" + quick_note,
+            met(mw[big]["first"] <= 20 if at_target else None)),
         Row(figures[3], f"{scale_own:.2f}x on its own clock ({scale_mw:.2f}x from spawn) for {big // half}x pods",
             f"{scale_kp:.2f}x", ratio(scale_own, scale_kp),
             f"≤ 2.2x per 2x pods ({half:,} → {big:,})", met(scale_own <= 2.2 * (big / half) / 2)),
@@ -348,9 +348,10 @@ def row4(ctx: Context) -> list[Row]:
     rows.append(Row(
         figure, f"{s['mw_mcpu'] / per_k:.1f} mCPU ({s['mw_mcpu']:.0f} mCPU total, sweeps every 5 s incl.)",
         f"{s['kopf_mcpu'] / per_k:.1f} mCPU (kopf on.event, {s['kopf_mcpu']:.0f} total)",
-        ratio(s["mw_mcpu"], s["kopf_mcpu"]), "≤ 10 mCPU per 1k pods", met(s["mw_mcpu"] / per_k <= 10),
-        note="Most of it is the sweep (the row above) every 5 s, not the 20 events/s; a longer --interval "
-             "or a cheaper sweep moves it under the target."))
+        ratio(s["mw_mcpu"], s["kopf_mcpu"]), "≤ 5 mCPU per 1k pods", met(s["mw_mcpu"] / per_k <= 5),
+        note="Sweeps every 5 s included; the usage list's samples move on every 15 s, as metrics-server's "
+             "do (--metric-resolution=15s in its published manifests), so two sweeps in three find "
+             "every sample unchanged."))
     return rows
 
 
