@@ -45,8 +45,9 @@ BENCHMARKS: list[tuple[str, str, list[str]]] = [
     ("api-requests", "api_requests", ["2. API requests per sweep"]),
     ("action-latency", "action_latency", ["6. action latency"]),
     ("node-guard", "node_guard_cluster", ["7. node guard vs kubelet eviction"]),
+    ("lint", "lint_scale", ["8. memwatch lint start-up and scale"]),
 ]
-ORDER = ["1.", "2.", "3.", "4.", "5.", "6.", "7."]
+ORDER = ["1.", "2.", "3.", "4.", "5.", "6.", "7.", "8."]
 
 
 def _run_one(name: str, module: str, fallback: list[str], ctx: Context) -> list[Row]:
