@@ -17,7 +17,7 @@ import re
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -500,6 +500,23 @@ def variable_queries(board: Obj) -> dict[str, str]:
         assert match, f"variable {var['name']}: {query}"
         found[var["name"]] = match.group(1)
     return found
+
+
+def variables_without_values(board: Obj, series: Callable[[str], list[Obj]]) -> list[str]:
+    """Each query variable's label_values(selector, label) must list at least one value, or every
+    panel filtered by it is empty: what the variables that list none asked (``series``: a real
+    Prometheus' /api/v1/series for a selector)."""
+    missing = []
+    for var in board["templating"]["list"]:
+        if var["type"] != "query":
+            continue
+        query = var["query"]["query"] if isinstance(var["query"], dict) else var["query"]
+        match = re.fullmatch(r"label_values\((.+),\s*(\w+)\)", query)
+        assert match, f"variable {var['name']}: {query}"
+        selector, label = as_promql(match.group(1)), match.group(2)
+        if not {s["metric"].get(label) for s in series(selector)} - {None, ""}:
+            missing.append(f"${var['name']}: no {label} values in {selector}")
+    return missing
 
 
 def as_promql(expr: str) -> str:

@@ -77,6 +77,7 @@ from .test_alerts import (
     hack_program,
     metric_names,
     variable_queries,
+    variables_without_values,
 )
 from .test_alerts import run_promtool_sh as run_alerts_promtool_sh
 
@@ -641,12 +642,8 @@ def test_every_dashboard_selector_has_data(run: Run) -> None:
 def test_dashboard_variables_have_values(run: Run) -> None:
     """Each variable's label_values(selector, label) lists at least one value (else every panel
     filtered by it is empty)."""
-    for name, query in variable_queries(run.board).items():
-        label = re.fullmatch(r"label_values\((.+),\s*(\w+)\)", next(
-            v for v in run.board["templating"]["list"] if v["name"] == name)["definition"])
-        assert label, name
-        values = {s["metric"].get(label.group(2)) for s in run.prometheus.series(as_promql(query))} - {None, ""}
-        assert values, f"${name}: no {label.group(2)} values in {as_promql(query)}"
+    missing = variables_without_values(run.board, run.prometheus.series)
+    assert not missing, missing
 
 
 def test_alert_expressions_are_valid_queries(run: Run) -> None:

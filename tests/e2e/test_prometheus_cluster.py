@@ -51,7 +51,6 @@ import argparse
 import importlib.util
 import json
 import os
-import re
 import shutil
 import socket
 import tempfile
@@ -74,7 +73,15 @@ from chart.scrapeconfig import (
     prometheus_config,
     with_file_discovery,
 )
-from chart.test_alerts import alerts_of, as_promql, dashboard_queries, hack_program, metric_names, variable_queries
+from chart.test_alerts import (
+    alerts_of,
+    as_promql,
+    dashboard_queries,
+    hack_program,
+    metric_names,
+    variable_queries,
+    variables_without_values,
+)
 from chart.test_prometheus_scrape import Processes, Prometheus, _psi_missing, free_port, http_get, poll
 from memwatch.kube import ApiError
 from memwatch.nodeguard import REASON_NODE_PRESSURE
@@ -529,12 +536,8 @@ def test_dashboard_queries_are_valid_queries(run: Run) -> None:
         answer = run.prometheus.query(as_promql(expr))
         assert answer["status"] == "success", f"{where}: {as_promql(expr)}: {answer}"
     # The variables list values from the cluster (else every panel filtered by them is empty).
-    for name, query in variable_queries(run.board).items():
-        label = re.fullmatch(r"label_values\((.+),\s*(\w+)\)", next(
-            v for v in run.board["templating"]["list"] if v["name"] == name)["definition"])
-        assert label, name
-        values = {s["metric"].get(label.group(2)) for s in run.prometheus.series(as_promql(query))} - {None, ""}
-        assert values, f"${name}: no {label.group(2)} values in {as_promql(query)}"
+    missing = variables_without_values(run.board, run.prometheus.series)
+    assert not missing, missing
 
 
 @pytest.mark.timeout(60, func_only=True)
