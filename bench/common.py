@@ -421,7 +421,7 @@ class FakeMetrics:
         self._pods: list[tuple[str, str]] = []
         self._body = b""
         self._lock = threading.Lock()
-        self.usage = "16Mi"  # under the bench limit (64Mi): no action, so no writes
+        self.usage = "16388Ki"  # as metrics-server writes it; under the bench limit (64Mi): no action, no writes
         self.resolution = resolution
 
     def set_pods(self, pods: Sequence[tuple[str, str]]) -> None:

@@ -193,7 +193,7 @@ def sweep_cpu(n: int, sweeps: int) -> dict[str, float]:
     from memwatch.podindex import PodIndex
     from memwatch.policy import Defaults, Usage
     from memwatch.sources import MetricsApiSource
-    from memwatch.sweep import Sweeper
+    from memwatch.sweep import Sweeper, paused_gc
 
     index = PodIndex(Defaults(), lambda pod: None)
     index.replace((_raw_pod(i) for i in range(n)), lambda rec: True)
@@ -224,11 +224,19 @@ def sweep_cpu(n: int, sweeps: int) -> dict[str, float]:
             assert report.sampled == n, report
         return out
 
+    body = _BodyKube(metrics, 1)
+    decode = []
+    with paused_gc():  # as a sweep decodes it
+        for _ in range(sweeps):
+            t0 = time.process_time()
+            body.get_json("/apis/metrics.k8s.io/v1beta1/pods")
+            decode.append(time.process_time() - t0)
     full = measure(MetricsApiSource(_BodyKube(metrics, 1)))  # type: ignore[arg-type]
     cadence = measure(MetricsApiSource(_BodyKube(metrics, 3)))  # type: ignore[arg-type]
     decide = measure(Prebuilt())
     return {"p50": pct(full, 50), "p99": pct(full, 99), "cadence_p50": pct(cadence, 50),
-            "cadence_p99": pct(cadence, 99), "decide_p50": pct(decide, 50), "decide_p99": pct(decide, 99)}
+            "cadence_p99": pct(cadence, 99), "decide_p50": pct(decide, 50), "decide_p99": pct(decide, 99),
+            "decode_p50": pct(decode, 50)}
 
 
 def poller_cpu(n: int) -> float:
@@ -321,13 +329,13 @@ def row4(ctx: Context) -> list[Row]:
             f"(decide only p50 {cpu['decide_p50'] * 1000:.1f} ms); per-pod poller {poll:.2f} s/sweep")
     rows.append(Row(
         f"4. sweep CPU at {n:,} watched pods, every sample new, p50 / p99 of {sweeps}",
-        f"{cpu['p50'] * 1000:.1f} / {cpu['p99'] * 1000:.1f} ms (incl. decoding the PodMetrics list; "
-        f"deciding alone {cpu['decide_p50'] * 1000:.1f} ms)",
+        f"{cpu['p50'] * 1000:.1f} / {cpu['p99'] * 1000:.1f} ms (incl. decoding the PodMetrics list, "
+        f"{cpu['decode_p50'] * 1000:.1f} ms of it; deciding alone {cpu['decide_p50'] * 1000:.1f} ms)",
         f"{poll * 1000:,.0f} ms (per-pod poller, measured on {slice_n:,}, scaled)",
         ratio(cpu["p50"], poll), "≤ 50 ms per sweep", met(cpu["p99"] <= 0.050),
         note="The worst case: metrics-server scraped every node since the last sweep, so every item is "
-             "new and is decoded, parsed and judged. Decoding the ~2.3 MB list with orjson is about half "
-             "of it."))
+             "new and is decoded, parsed and judged. The decode figure includes the fake's own stamping "
+             "of the body (a bytes.replace over ~2.3 MB)."))
     rows.append(Row(
         f"4. sweep CPU at {n:,} watched pods, metrics-server's cadence (new samples every 3rd sweep), "
         f"p50 / p99 of {sweeps}",
