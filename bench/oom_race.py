@@ -700,7 +700,8 @@ def cpu_rows(hog: Path, seconds: float) -> list[dict[str, Any]]:
             cpu, ticks = agent_cpu(root, pods, seconds)
             paths = [p for p in (root / "memory" / "kubepods" / "burstable").glob("pod*/*")]
             base = naive_cpu(paths, seconds)
-            rows.append(_cpu_row(f"agent CPU, 110 fixture pods @100ms ({'all near limits' if hot else 'idle'})",
+            rows.append(_cpu_row(f"agent CPU, 110 fixture pods @100ms ({'all near limits' if hot else 'idle'}; "
+                                 "no kernel thresholds, as on cgroup v2: every pod read every sample)",
                                  cpu, base, ticks, seconds, target=2.0 if hot else 1.0))
     with real_cgroups(hog, 110) as (groups, pods):
         by_uid = {pod["metadata"]["uid"]: g.path for pod, g in zip(pods, groups, strict=True)}
