@@ -144,6 +144,11 @@ def test_a_tick_with_no_pod_due_and_nothing_changed_does_not_pass_over_the_pods(
     agent, _, _ = quiet
     sampled = _ticks(agent, MAX_STRIDE + 4)
     assert agent.idle_ticks >= MAX_STRIDE // 2, (sampled, agent.idle_ticks)
+    for _ in range(MAX_STRIDE + 2):  # on to just after a read: the pod is then not due for a while
+        if agent.tick():
+            break
+        time.sleep(0.1)
+    assert agent.states[UID].next_sample > time.monotonic() + 0.3, "read just now, not due again soon"
     idle = agent.idle_ticks
     assert agent.tick() == 0 and agent.idle_ticks == idle + 1, "not due and nothing changed: no pass"
     agent.index.upsert(_pod(limit="40Mi"))  # a new record (and policy) for the pod
