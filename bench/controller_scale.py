@@ -244,7 +244,7 @@ def poller_cpu(n: int) -> float:
     PodMetrics with memwatch's client from a local HTTP fake, parse it, decide."""
     from memwatch.kube import Kube, load_client
     from memwatch.podindex import _container_specs
-    from memwatch.policy import Defaults, Usage, decide, resolve
+    from memwatch.policy import Defaults, Usage, breaches, resolve
     from memwatch.quantity import parse_bytes, parse_time
 
     proxy = CountingProxy(None, f"poller-{os.getpid()}")
@@ -259,7 +259,7 @@ def poller_cpu(n: int) -> float:
             item = kube.get_json(f"/apis/metrics.k8s.io/v1beta1/namespaces/bench/pods/p-{i:05d}")
             c = item["containers"][0]
             ts = parse_time(item["timestamp"]) or 0.0
-            decide(pol, Usage({c["name"]: parse_bytes(c["usage"]["memory"], allow_zero=True)}, ts, "poll"), None)
+            breaches(pol, Usage({c["name"]: parse_bytes(c["usage"]["memory"], allow_zero=True)}, ts, "poll"))
         result["cpu"] = time.thread_time() - t0
 
     try:
