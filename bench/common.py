@@ -19,6 +19,7 @@ import platform
 import re
 import shutil
 import socket
+import ssl
 import statistics
 import subprocess
 import sys
@@ -587,6 +588,72 @@ class CountingProxy:
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+        shutil.rmtree(self._dir, ignore_errors=True)
+
+
+class FakeKubelets:
+    """One HTTPS server on 127.0.0.1 per fake node, standing in for its kubelet: counts the Summary
+    GETs memwatch's kubelet source sends straight to the kubelets (they never pass the API server,
+    so neither the counting proxy nor the audit log sees them) and answers an empty Summary.
+
+    :meth:`point_nodes` writes each fake Node's status as a kubelet would (InternalIP 127.0.0.1, its
+    port in ``daemonEndpoints``), so memwatch finds them as it finds real kubelets. The certificate
+    is self-signed: memwatch runs with ``--kubelet-insecure-tls`` against them.
+    """
+
+    def __init__(self, nodes: Sequence[str] = FAKE_NODES) -> None:
+        self._dir = tempfile.mkdtemp(prefix="memwatch-bench-kubelets-")
+        cert, key = os.path.join(self._dir, "cert.pem"), os.path.join(self._dir, "key.pem")
+        made = subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                               "-subj", "/CN=bench-kubelet", "-keyout", key, "-out", cert],
+                              capture_output=True, text=True)
+        if made.returncode != 0:
+            raise RuntimeError(f"openssl could not make the fake kubelets' certificate: {made.stderr.strip()}")
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(cert, key)
+        self.counts: Counter[tuple[str, str]] = Counter()  # (node, path)
+        self._lock = threading.Lock()
+        self.servers: dict[str, http.server.ThreadingHTTPServer] = {}
+        fake = self
+        for node in nodes:
+            class Handler(http.server.BaseHTTPRequestHandler):
+                protocol_version = "HTTP/1.1"
+                name = node
+
+                def log_message(self, *args: Any) -> None:
+                    pass
+
+                def do_GET(self) -> None:
+                    with fake._lock:
+                        fake.counts[(self.name, urlsplit(self.path).path)] += 1
+                    data = json.dumps({"node": {"nodeName": self.name}, "pods": []}).encode()
+                    self.send_response(200)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
+
+            server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+            server.daemon_threads = True
+            server.socket = context.wrap_socket(server.socket, server_side=True)
+            threading.Thread(target=server.serve_forever, name=f"kubelet-{node}", daemon=True).start()
+            self.servers[node] = server
+
+    def point_nodes(self, api: Api) -> None:
+        for node, server in self.servers.items():
+            api.request("PATCH", f"/api/v1/nodes/{node}/status",
+                        {"status": {"addresses": [{"type": "InternalIP", "address": "127.0.0.1"}],
+                                    "daemonEndpoints": {"kubeletEndpoint": {"Port": server.server_address[1]}}}},
+                        content_type="application/merge-patch+json")
+
+    def summaries(self) -> int:
+        with self._lock:
+            return sum(c for (_, path), c in self.counts.items() if path == "/stats/summary")
+
+    def close(self) -> None:
+        for server in self.servers.values():
+            server.shutdown()
+            server.server_close()
         shutil.rmtree(self._dir, ignore_errors=True)
 
 
