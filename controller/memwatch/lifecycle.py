@@ -23,7 +23,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from memwatch.clock import Clock
-from memwatch.policy import Breach, Policy, Usage, breaches
+from memwatch.policy import Breach, Policy, Usage, breaches, is_over
 
 #: Results that end a pod's lifecycle: memwatch never acts on that UID again.
 FINAL = frozenset({"evicted", "deleted", "escalated", "killed", "gone", "already"})
@@ -120,7 +120,7 @@ class Lifecycle:
     def quiet(self, uid: str) -> bool:
         """Whether the pod has nothing under way: no state yet, or IDLE with no breach and no
         refusal remembered. For such a pod, an observation under every limit changes nothing that
-        matters (:meth:`observe` would only note when and what it saw), so the sweep may skip it."""
+        matters, so :meth:`observe` does not note it."""
         life = self._lives.get(uid)
         return life is None or (life.phase is Phase.IDLE and life.breach_since is None
                                 and life.blocked_since is None)
@@ -151,8 +151,17 @@ class Lifecycle:
 
     def observe(self, uid: str, policy: Policy, usage: Usage) -> tuple[Step, Breach | None]:
         """Record a fresh sample and say what to do. The caller acts on ``Step.ACT`` and reports the
-        outcome with :meth:`result`."""
-        life = self.get(uid)
+        outcome with :meth:`result`.
+
+        A sample under every limit of a pod with nothing under way (:meth:`quiet`) changes nothing
+        that matters, so it is answered ``Step.OK`` without noting it: the sweep and the agent ask
+        this of every sample of every pod, and most are that."""
+        life = self._lives.get(uid)
+        if (life is None or (life.phase is Phase.IDLE and life.breach_since is None  # quiet(), inlined:
+                             and life.blocked_since is None)) and not is_over(policy, usage):  # every sample
+            return Step.OK, None
+        if life is None:
+            life = self._lives[uid] = PodLife()
         if life.phase is Phase.DONE:
             return Step.DONE, None
         now = self.clock.mono()

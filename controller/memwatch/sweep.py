@@ -23,7 +23,7 @@ from memwatch.enforcer import Enforcer
 from memwatch.lifecycle import Lifecycle, Outcome, Phase, Retry, Step, Trigger
 from memwatch.observability import REASON_PROTECTED, ActionLine, Recorder
 from memwatch.podindex import PodIndex, PodRecord
-from memwatch.policy import Breach, Usage, is_over
+from memwatch.policy import Breach, Usage
 from memwatch.sources import SourceError, UsageSource
 
 log = logging.getLogger("memwatch.sweep")
@@ -205,11 +205,9 @@ class Sweeper:
             policy = rec.policy
             assert policy is not None
             self._reported_missing.discard(uid)
-            if not is_over(policy, usage) and lives.quiet(uid):
-                judged[uid] = (rec, usage, True)  # under every limit, nothing under way: nothing changes
-                continue
-            judged[uid] = (rec, usage, False)
             step, breach = lives.observe(uid, policy, usage)
+            # OK or CLEARED: under every limit, and nothing under way now
+            judged[uid] = (rec, usage, step is Step.OK or step is Step.CLEARED)
             if step is Step.CLEARED:
                 log.info("pod=%s is back under its limit; dropping the pending action", rec.key)
             if step is not Step.ACT or breach is None:

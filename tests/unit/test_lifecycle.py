@@ -76,6 +76,28 @@ def test_a_breach_lasts_only_while_consecutive_fresh_samples_show_it() -> None:
     assert lives.observe("u", policy, _usage(clock, 200))[0] is Step.WAIT
 
 
+def test_quiet_samples_are_answered_without_state_and_a_breach_still_times_from_its_first_sample() -> None:
+    """Most samples are a quiet pod under every limit: observe answers OK without noting them (no
+    state kept), and the first sample over starts ``for`` then, not at the first quiet sample."""
+    clock = ManualClock()
+    lives = Lifecycle(clock, max_gap=15.0)
+    policy = _policy(**{"for": "10s"})
+    for _ in range(30):
+        assert lives.observe("u", policy, _usage(clock, 50)) == (Step.OK, None)
+        clock.advance(1)
+    assert len(lives) == 0, "a quiet pod under its limits keeps no state"
+    assert lives.observe("u", policy, _usage(clock, 200))[0] is Step.WAIT
+    clock.advance(9)
+    assert lives.observe("u", policy, _usage(clock, 200))[0] is Step.WAIT, "for: counts from the first sample over"
+    clock.advance(1)
+    assert lives.observe("u", policy, _usage(clock, 200))[0] is Step.ACT
+    lives.result("u", Outcome("blocked"))
+    clock.advance(1)
+    # not quiet (an action pending): a sample under the limit is noted, and cancels it
+    assert lives.observe("u", policy, _usage(clock, 50))[0] is Step.CLEARED
+    assert lives.quiet("u")
+
+
 def test_pending_action_is_cancelled_when_usage_falls() -> None:
     clock = ManualClock()
     lives = Lifecycle(clock, max_gap=15.0, retry=Retry(escalation_timeout=10.0))
