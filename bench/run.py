@@ -1,6 +1,7 @@
 """`make bench`: run every benchmark, print one table, write it to bench/results/<date>.md
 (``--quick``: <date>-quick.md, so a quick run never replaces the committed full results), and draw
-its pictures into bench/results/<date>/ (``--quick``: <date>-quick/) with bench/pictures.py.
+its pictures into bench/results/<date>/ (``--quick``: <date>-quick/) with bench/pictures.py. The
+results file is written after each benchmark, so a run cut short keeps what it measured.
 
     python bench/run.py                 # the full suite (~20 minutes on 2 cores)
     python bench/run.py --quick         # smaller sizes, fewer runs (a few minutes)
@@ -113,6 +114,7 @@ def main(argv: list[str] | None = None) -> int:
             ctx.pictures = {}
     started = time.monotonic()
     rows: list[Row] = []
+    done: list[str] = []
     try:
         for name, module, fallback in BENCHMARKS:
             if args.only and name not in args.only:
@@ -135,7 +137,10 @@ def main(argv: list[str] | None = None) -> int:
                     continue
                 break
             rows += got
+            done.append(name)
             ctx.log(f"== {name} done in {time.monotonic() - t0:.0f}s")
+            if not args.no_write:  # a run cut short keeps what it measured
+                write_results(rows, args, time.monotonic() - started, partial=done)
     finally:
         if not args.keep and ctx._farm is not None:
             ctx.log("== removing bench pods, namespaces and fake nodes")
@@ -217,12 +222,16 @@ def sort_rows(rows: list[Row]) -> list[Row]:
     return sorted(rows, key=lambda r: next((i for i, p in enumerate(ORDER) if r.figure.startswith(p)), len(ORDER)))
 
 
-def write_results(rows: list[Row], args: argparse.Namespace, seconds: float) -> Path:
+def write_results(rows: list[Row], args: argparse.Namespace, seconds: float,
+                  partial: list[str] | None = None) -> Path:
+    """Write today's results file. ``partial``: the benchmarks done so far in a run still going (the
+    file is written after each one, so a run cut short keeps what it measured); the rows of earlier
+    today that this run has not re-run yet are kept, as with --only."""
     RESULTS.mkdir(parents=True, exist_ok=True)
     now = datetime.now(UTC)
     # A quick run never replaces the full run's file, which is the one committed.
     path = RESULTS / f"{now:%Y-%m-%d}{'-quick' if args.quick else ''}.md"
-    if args.only:
+    if args.only or partial is not None:
         rows = _merge(rows, path)
     text = table(rows)
     notes = "".join(f"- **{r.figure}**: {r.note}\n" for r in rows if r.note)
@@ -231,6 +240,9 @@ def write_results(rows: list[Row], args: argparse.Namespace, seconds: float) -> 
     details = "\n".join(f"- {k}: {v}" for k, v in machine().items())
     mode = "quick (`python bench/run.py --quick`)" if args.quick else "full (`make bench`)"
     only = f"; {', '.join(args.only)} re-run with --only, the other rows kept from earlier today" if args.only else ""
+    if partial is not None:
+        only += (f"; STILL RUNNING or CUT SHORT after {', '.join(partial)} (rows not re-run yet are "
+                 "kept from earlier today)")
     path.write_text(
         f"# memwatch benchmarks, {now:%Y-%m-%d %H:%M} UTC\n\n"
         f"Run: {mode}{only}, {seconds / 60:.1f} minutes. Ratio is memwatch / baseline (below 1x: memwatch "

@@ -157,7 +157,7 @@ def test_the_runner_says_so_without_matplotlib(monkeypatch: pytest.MonkeyPatch,
     monkeypatch.setattr(run.importlib.util, "find_spec", fake_find_spec)
     monkeypatch.setattr(run, "BENCHMARKS", [])
     results = run.RESULTS / "never-written.md"
-    monkeypatch.setattr(run, "write_results", lambda rows, args, seconds: seen.setdefault("path", results))
+    monkeypatch.setattr(run, "write_results", lambda *a, **k: seen.setdefault("path", results))
     monkeypatch.setattr(run, "draw_pictures", lambda *a, **k: seen.setdefault("drawn", True))
     assert run.main([]) == 0
     out = capsys.readouterr().out
@@ -196,6 +196,34 @@ def test_make_bench_hands_the_data_over_and_writes_the_pictures_beside_the_resul
     assert not (folder / "controller-scale.png").exists()
     assert f"picture: {folder / 'oom-race.png'}" in out
     assert "picture controller-scale.png: skipped, controller-scale was not run (--only)" in out
+
+
+def test_a_run_cut_short_keeps_what_it_measured(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The results file is written after each benchmark: a run killed in the second keeps the first's
+    rows, and rows of earlier today that it had not re-run yet."""
+    run = load_bench("run")
+    earlier = run.Row("8. lint figure", "1 s", "2 s", "0.5x", "≤ 15 s", "yes")
+    monkeypatch.setattr(run, "RESULTS", tmp_path)
+    run.write_results([earlier], run.argparse.Namespace(quick=True, only=None), 60.0)
+
+    first = ModuleType("bench_first")
+    first.run = lambda ctx: [run.Row("2. first figure", "1", "10", "0.1x", "1", "yes")]  # type: ignore[attr-defined]
+
+    def killed(ctx: Any) -> list[Any]:
+        raise KeyboardInterrupt  # the run is stopped here (Ctrl-C, a CI timeout's signal)
+
+    second = ModuleType("bench_second")
+    second.run = killed  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "bench_first", first)
+    monkeypatch.setitem(sys.modules, "bench_second", second)
+    monkeypatch.setattr(run, "BENCHMARKS", [("first", "bench_first", ["2. first"]),
+                                            ("second", "bench_second", ["3. second"])])
+    with pytest.raises(KeyboardInterrupt):
+        run.main(["--quick", "--no-pictures"])
+    text = next(tmp_path.glob("*-quick.md")).read_text()
+    assert "| 2. first figure | 1 | 10 |" in text
+    assert "| 8. lint figure | 1 s |" in text, "earlier today's rows not re-run yet are kept"
+    assert "CUT SHORT after first" in text
 
 
 def test_the_runtime_package_never_imports_matplotlib() -> None:
