@@ -251,10 +251,31 @@ class FaultReport:
 
 
 def wait_gone(admin: Admin, namespace: str, name: str, uid: str, timeout: float = 90) -> None:
+    """Wait until the pod ``uid`` is removed from the API (its name free). Removal is the kubelet's
+    work after memwatch's eviction: a timeout says where the pod stood, so a failure tells whether
+    the kubelet never killed it or killed it and never finished removing it."""
+    last: dict[str, Any] = {}
+
     def gone() -> bool:
         pod = admin.pod(namespace, name)
-        return pod is None or pod["metadata"]["uid"] != uid
-    wait_for(f"pod {namespace}/{name} ({uid}) to be gone", gone, timeout)
+        if pod is None or pod["metadata"]["uid"] != uid:
+            return True
+        last.clear()
+        last.update(pod)
+        return False
+
+    try:
+        wait_for(f"pod {namespace}/{name} ({uid}) to be gone", gone, timeout)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; where it stood: {_pod_state(last)}") from None
+
+
+def _pod_state(pod: Mapping[str, Any]) -> str:
+    meta, status = pod.get("metadata") or {}, pod.get("status") or {}
+    containers = [f"{c.get('name')}={next(iter(c.get('state') or {'?': 0}))}"
+                  for c in status.get("containerStatuses") or ()]
+    return (f"deletionTimestamp={meta.get('deletionTimestamp')} phase={status.get('phase')} "
+            f"containers={','.join(containers) or 'none'} finalizers={meta.get('finalizers')}")
 
 
 def wait_write(audit_log: Path, namespace: str, uid: str, timeout: float = 90) -> PodWrite:
