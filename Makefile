@@ -65,6 +65,10 @@ cluster-down: ## Stop the local cluster and remove what it created.
 e2e-local: install cluster-up ## Local cluster, install memwatch, integration + e2e suites, then down (KEEP=1 keeps it and the suites' releases).
 	set -o pipefail; rc=0; \
 	KUBECONFIG=$(LOCAL_KUBECONFIG) MEMWATCH_E2E_INSTALL=1 MEMWATCH_TEST_KEEP=$(KEEP) $(VENV)/bin/pytest tests -m "cluster or e2e" $(PYTEST_ARGS) || rc=$$?; \
+	if [ $$rc -ne 0 ] && [ "$(KEEP)" != "1" ] && [ -d $(CLUSTER_ROOT)/logs ]; then \
+		logs=$$(mktemp -d "$${TMPDIR:-/tmp}/memwatch-cluster-logs.XXXXXX") && cp -a $(CLUSTER_ROOT)/logs/. "$$logs"/ && \
+		echo "e2e-local: the suites failed (exit $$rc); the cluster's logs (audit log, kubelet, apiserver, containerd) are kept in $$logs" >&2; \
+	fi; \
 	if [ "$(KEEP)" != "1" ]; then bash $(CLUSTER) down; fi; \
 	exit $$rc
 

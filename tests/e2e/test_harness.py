@@ -77,6 +77,37 @@ def test_make_e2e_local_passes_keep_to_the_tests_only_as_memwatch_test_keep(tmp_
     assert (tmp_path / "cluster-calls").read_text().split() == ["up", "images"]
 
 
+def test_make_e2e_local_keeps_the_cluster_logs_when_the_suites_fail(tmp_path: Path) -> None:
+    """A failure on the real cluster must be diagnosable after `down` removed the cluster: the
+    recipe copies its logs to a directory it names, then takes the cluster down, and fails."""
+    if shutil.which("make") is None:
+        pytest.skip("no make on PATH")
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    pytest_stub = venv / "bin" / "pytest"
+    pytest_stub.write_text("#!/bin/sh\nexit 1\n")  # the suites fail
+    pytest_stub.chmod(0o755)
+    cluster_stub = tmp_path / "cluster.sh"
+    cluster_stub.write_text(f'echo "$@" >> "{tmp_path}/cluster-calls"\n')
+    (venv / ".installed").touch()
+    os.utime(venv / ".installed", (2**31, 2**31))
+    root = tmp_path / "cluster-root"
+    (root / "logs").mkdir(parents=True)
+    (root / "logs" / "kubelet.log").write_text("the kubelet's last words\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("KEEP", "MAKEFLAGS", "MFLAGS")}
+    env["TMPDIR"] = str(tmp_path)
+    result = subprocess.run(
+        ["make", "--no-print-directory", "-C", str(ROOT), "e2e-local", f"VENV={venv}",
+         f"CLUSTER={cluster_stub}", f"CLUSTER_ROOT={root}"],
+        env=env, capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode != 0, "the suites failed: so must the target"
+    kept = sorted(tmp_path.glob("memwatch-cluster-logs.*"))
+    assert len(kept) == 1 and f"kept in {kept[0]}" in result.stderr, result.stderr
+    assert (kept[0] / "kubelet.log").read_text() == "the kubelet's last words\n"
+    assert (tmp_path / "cluster-calls").read_text().split() == ["up", "images", "down"]
+
+
 # --- Memwatch.find ---------------------------------------------------------------------------
 
 
