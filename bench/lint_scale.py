@@ -92,14 +92,13 @@ def generate(path: Path, megabytes: float, annotated: float) -> int:
 
 
 #: `memwatch lint` as `python -m memwatch` runs it, then its own peak RSS (VmHWM, KiB) written to the
-#: fd in argv[2]. Not the child's ru_maxrss: Linux carries the forking parent's resident size over
+#: file in argv[2]. Not the child's ru_maxrss: Linux carries the forking parent's resident size over
 #: exec into it, so a child of a big process (make bench's, after the 50k-pod rows) "peaked" at 278 MiB.
 PEAK = """
-import atexit, os, sys
+import atexit, sys
 def peak():
-    with open("/proc/self/status") as fh:
-        kib = next(line.split()[1] for line in fh if line.startswith("VmHWM:"))
-    os.write(int(sys.argv[2]), kib.encode())
+    with open("/proc/self/status") as fh, open(sys.argv[2], "w") as out:
+        out.write(next(line.split()[1] for line in fh if line.startswith("VmHWM:")))
 atexit.register(peak)
 from memwatch.cli import main
 raise SystemExit(main(["lint", sys.argv[1]]))
@@ -108,26 +107,17 @@ raise SystemExit(main(["lint", sys.argv[1]]))
 
 def run_lint(path: Path) -> tuple[float, float, float, int]:
     """(wall s, CPU s, peak RSS MiB, exit code) of one `memwatch lint` run."""
-    read, write = os.pipe()
-    try:
+    with tempfile.TemporaryDirectory(prefix="memwatch-lint-peak-") as tmp:
+        peak = Path(tmp) / "vmhwm"
         started = time.perf_counter()
-        child = subprocess.Popen([sys.executable, "-c", PEAK, str(path), str(write)],
-                                 stdout=subprocess.DEVNULL, pass_fds=(write,))
-        os.close(write)
-        write = -1
+        child = subprocess.Popen([sys.executable, "-c", PEAK, str(path), str(peak)], stdout=subprocess.DEVNULL)
         _, status, usage = os.wait4(child.pid, 0)
         wall = time.perf_counter() - started
-        child.returncode = os.waitstatus_to_exitcode(status)
-        with os.fdopen(read, "rb") as fh:
-            read = -1
-            reported = fh.read().decode()
-    finally:
-        for fd in (read, write):
-            if fd >= 0:
-                os.close(fd)
+        code = os.waitstatus_to_exitcode(status)
+        reported = peak.read_text() if peak.exists() else ""
     if not reported.isdigit():
-        raise RuntimeError(f"memwatch lint did not report its peak RSS (exit {child.returncode})")
-    return wall, usage.ru_utime + usage.ru_stime, int(reported) / 1024, child.returncode
+        raise RuntimeError(f"memwatch lint did not report its peak RSS (exit {code})")
+    return wall, usage.ru_utime + usage.ru_stime, int(reported) / 1024, code
 
 
 def startup(runs: int) -> list[float]:
