@@ -265,8 +265,13 @@ class Kube:
     def get_json(self, path: str, query: Mapping[str, Any] | None = None,
                  timeout: float | None = None) -> Any:
         """GET and decode JSON."""
-        resp = self._request("GET", path, query, timeout=timeout)
-        return loads(resp.data)
+        return loads(self.get_bytes(path, query, timeout))
+
+    def get_bytes(self, path: str, query: Mapping[str, Any] | None = None,
+                  timeout: float | None = None) -> bytes:
+        """GET, the body as it came (for a caller that decodes it with its own schema)."""
+        data: bytes = self._request("GET", path, query, timeout=timeout).data
+        return data
 
     def get_node(self, name: str) -> dict[str, Any]:
         """One Node object (the kubelet source reads its addresses and kubelet port)."""

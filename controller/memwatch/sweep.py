@@ -178,6 +178,8 @@ class Sweeper:
         judged_before: dict[str, tuple[PodRecord, Usage, bool]] = self._judged
         judged: dict[str, tuple[PodRecord, Usage, bool]] = {}
         ages: dict[tuple[str, float], int] = {}  # (source, sample time) -> pods: one observe per age
+        reported_missing = self._reported_missing
+        OK, CLEARED, ACT = Step.OK, Step.CLEARED, Step.ACT  # locals: read for every pod
         sampled = 0
         for rec in candidates:
             uid = rec.uid
@@ -204,13 +206,14 @@ class Sweeper:
                 continue
             policy = rec.policy
             assert policy is not None
-            self._reported_missing.discard(uid)
+            if reported_missing:
+                reported_missing.discard(uid)
             step, breach = lives.observe(uid, policy, usage)
             # OK or CLEARED: under every limit, and nothing under way now
-            judged[uid] = (rec, usage, step is Step.OK or step is Step.CLEARED)
-            if step is Step.CLEARED:
+            judged[uid] = (rec, usage, step is OK or step is CLEARED)
+            if step is CLEARED:
                 log.info("pod=%s is back under its limit; dropping the pending action", rec.key)
-            if step is not Step.ACT or breach is None:
+            if step is not ACT or breach is None:
                 continue
             result = self._act(rec, breach, usage, detected)
             report.results[result] = report.results.get(result, 0) + 1

@@ -95,6 +95,7 @@ class FakeApiServer:
         self.metrics_served = True
         self.policy_v1_served = True  # False: a 1.20/1.21 server (Eviction only in policy/v1beta1)
         self.pod_metrics: list[dict[str, Any]] = []
+        self.pod_metrics_body: str | None = None  # the LIST's raw answer instead (malformed JSON)
         self.summaries: dict[str, Any] = {}  # node → Summary dict (or raw str for malformed JSON)
         self.eviction: dict[str, deque[int]] = {}  # pod name → statuses; the last repeats
         self.pods: list[dict[str, Any]] = []
@@ -195,6 +196,8 @@ class FakeApiServer:
             if m:
                 if not self.metrics_served:
                     return not_found
+                if self.pod_metrics_body is not None:
+                    return 200, self.pod_metrics_body
                 items = [i for i in self.pod_metrics if m.group(1) in (None, i["metadata"].get("namespace"))]
                 return 200, {"kind": "PodMetricsList", "apiVersion": "metrics.k8s.io/v1beta1",
                              "metadata": {}, "items": items}

@@ -7,6 +7,7 @@ scripted results, so the enforcer and the sweep run exactly as in production.
 from __future__ import annotations
 
 import itertools
+import json
 import sys
 from collections import deque
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -101,6 +102,9 @@ class FakeKube:
     def get_json(self, path: str, query: Mapping[str, Any] | None = None, timeout: float | None = None) -> Any:
         self.calls.append(("get", "", path, self._now()))
         return self.json[path]
+
+    def get_bytes(self, path: str, query: Mapping[str, Any] | None = None, timeout: float | None = None) -> bytes:
+        return json.dumps(self.get_json(path, query, timeout)).encode()
 
     def has_api(self, group_version: str) -> bool:
         return group_version in self.apis

@@ -227,6 +227,33 @@ def test_metrics_api_error_is_a_source_error(api: FakeApiServer) -> None:
         MetricsApiSource(api.kube()).fetch(records(1))
 
 
+@pytest.mark.parametrize("body", ["<html>502 Bad Gateway</html>", '{"items": [', ""])
+def test_a_metrics_answer_that_is_not_json_is_a_source_error_and_acts_on_nothing(
+        api: FakeApiServer, clock: FakeClock, caplog: pytest.LogCaptureFixture, body: str) -> None:
+    api.pod_metrics_body = body  # a proxy's error page, a cut-off body, nothing
+    with pytest.raises(SourceError, match=r"metrics-api: \S+ answered with something that is not JSON"):
+        MetricsApiSource(api.kube()).fetch(records(1))
+    kube = FakeKube(clock)
+    rig = Rig(kube, clock, source=MetricsApiSource(api.kube()))
+    rig.add(make_pod("db", "shop"))
+    with caplog.at_level(logging.WARNING, logger="memwatch.sweep"):
+        report = rig.sweep()
+    assert report.error and "not JSON" in report.error and not kube.writes()
+    assert [r.getMessage() for r in caplog.records if "usage read failed" in r.getMessage()]
+    assert not [r for r in caplog.records if r.exc_info]  # a clear line, never a traceback
+
+
+def test_a_list_not_in_metrics_servers_exact_form_is_read_item_by_item(api: FakeApiServer) -> None:
+    """One odd item anywhere makes the typed decode refuse the whole list: every other item is
+    still read, the careful way, to the same figures."""
+    recs = records(3)
+    serve_metrics(api, recs)
+    exact = MetricsApiSource(api.kube()).fetch(recs)
+    api.pod_metrics[2]["window"] = 15  # a number: not metrics-server's form
+    out = MetricsApiSource(api.kube()).fetch(recs)
+    assert set(out) == {"uid-0", "uid-1"} and all(out[u] == exact[u] for u in out)
+
+
 def test_no_records_no_request(api: KubeletApiServer) -> None:
     kube = api.kube()
     assert MetricsApiSource(kube).fetch([]) == {} and kubelet_source(kube, api.pki).fetch([]) == {}

@@ -22,7 +22,6 @@ from typing import Any
 import pytest
 
 from memwatch.enforcer import Enforcer, EnforcerSettings
-from memwatch.kube import loads
 from memwatch.observability import Metrics, Recorder
 from memwatch.podindex import PodIndex
 from memwatch.policy import Defaults
@@ -62,10 +61,10 @@ class _Body:
         self.reads = 0
         self.base = time.time() - 300
 
-    def get_json(self, path: str, query: Any = None, timeout: float | None = None) -> Any:
+    def get_bytes(self, path: str, query: Any = None, timeout: float | None = None) -> bytes:
         stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.base + self.reads // self.fresh_every))
         self.reads += 1
-        return loads(self.body.replace(b"__TS__", stamp.encode()))
+        return self.body.replace(b"__TS__", stamp.encode())
 
 
 def _calls(n: int, fresh_every: int) -> tuple[int, int]:
