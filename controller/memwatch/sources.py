@@ -20,11 +20,13 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import quote
+
+import msgspec
 
 from memwatch.kube import ApiError, Kube, KubeletClient, loads
 from memwatch.podindex import PodRecord
@@ -38,54 +40,53 @@ METRICS_GROUP_VERSION = "metrics.k8s.io/v1beta1"
 PREDATES_POD = "predates-pod"
 
 
-try:  # a typed C decoder: see _podmetrics_items
-    import msgspec
-
-    class _Memory(msgspec.Struct, gc=False):
-        memory: str | None = None
-
-    class _Container(msgspec.Struct, gc=False):
-        name: str
-        usage: _Memory
-
-    class _Meta(msgspec.Struct, gc=False):
-        name: str
-        namespace: str
-
-    class _PodMetrics(msgspec.Struct, gc=False):
-        metadata: _Meta
-        timestamp: str
-        containers: list[_Container]
-        window: str | None = None
-
-    class _PodMetricsList(msgspec.Struct, gc=False):
-        items: list[_PodMetrics] = msgspec.field(default_factory=list)
-
-    _TYPED: Any = msgspec.json.Decoder(_PodMetricsList)
-    _NOT_THAT_FORM: tuple[type[Exception], ...] = (msgspec.ValidationError,)
-    _NOT_JSON: tuple[type[Exception], ...] = (msgspec.DecodeError, ValueError)
-except ImportError:  # pragma: no cover - msgspec is a dependency; an install without it reads every item carefully
-    _TYPED = None
-    _NOT_THAT_FORM = ()
-    _NOT_JSON = (ValueError,)
+# The fields of a PodMetrics item that memwatch reads, typed as metrics-server writes them: the
+# decoder insists on these types (_podmetrics_items). Structs made by _item_carefully, for a list not
+# in that form, hold whatever its items said (a struct's constructor checks nothing): _sample checks.
+class _Memory(msgspec.Struct, gc=False):
+    memory: str | None = None
 
 
-def _podmetrics_items(body: bytes) -> tuple[list[Any], list[Any]]:
-    """(items in metrics-server's exact form, other items) of a PodMetrics LIST body.
+class _Container(msgspec.Struct, gc=False):
+    name: str
+    usage: _Memory
 
-    The exact form is decoded straight into slotted structs holding only the fields read here
-    (name, namespace, timestamp, window, each container's name and memory): the labels, CPU
-    figures and the rest are skipped unallocated. A 10,000-pod list decodes in ~3 ms instead of
-    ~12 ms, and frees in ~1.5 ms instead of ~5. A body that is JSON but not exactly that form (a
-    field missing or of another type, anywhere) is decoded as plain JSON instead, and every one of
-    its items is read the careful way. Raises ValueError when the body is not JSON at all."""
-    if _TYPED is not None:
-        try:
-            return _TYPED.decode(body).items, []
-        except _NOT_THAT_FORM:
-            pass
+
+class _Meta(msgspec.Struct, gc=False):
+    name: str
+    namespace: str
+
+
+class _PodMetrics(msgspec.Struct, gc=False):
+    metadata: _Meta
+    timestamp: str
+    containers: list[_Container]
+    window: str | None = None
+
+
+class _PodMetricsList(msgspec.Struct, gc=False):
+    items: list[_PodMetrics] = msgspec.field(default_factory=list)
+
+
+_EXACT = msgspec.json.Decoder(_PodMetricsList)
+
+
+def _podmetrics_items(body: bytes, by_key: Mapping[tuple[Any, Any], PodRecord]) -> list[_PodMetrics]:
+    """The items of a PodMetrics LIST body, each read the same way after (plain attributes).
+
+    metrics-server's exact form is decoded straight into slotted structs holding only the fields
+    read here (name, namespace, timestamp, window, each container's name and memory): the labels,
+    CPU figures and the rest are skipped unallocated. A 10,000-pod list decodes in ~3 ms instead of
+    ~12 ms as plain JSON, and frees in ~1.5 ms instead of ~5. A body that is JSON but not exactly
+    that form (a field missing or of another type, anywhere) is decoded as plain JSON instead, and
+    each of its items that is one of ``by_key`` is read the careful way (:func:`_item_carefully`).
+    Raises ValueError (msgspec.DecodeError is one) when the body is not JSON at all."""
+    try:
+        return _EXACT.decode(body).items
+    except msgspec.ValidationError:
+        pass
     items = _mapping(loads(body)).get("items")
-    return [], items if type(items) is list else []
+    return [s for s in (_item_carefully(i, by_key) for i in (items if type(items) is list else ())) if s]
 
 
 class SourceError(Exception):
@@ -132,8 +133,8 @@ class MetricsApiSource:
         if not by_key:
             return out
         # 10,000 pods a sweep, each item read in a few microseconds: the form metrics-server writes
-        # is decoded into structs and read with plain attributes, anything else is read the careful
-        # way (_podmetrics_items, _said); an item that says what it said last time (the
+        # is decoded into structs and read with plain attributes (anything else is read the careful
+        # way into the same structs: _podmetrics_items); an item that says what it said last time (the
         # same pod record, timestamp, window and memory strings) gives back the same Usage object,
         # unparsed, which the sweep then knows it judged already; each distinct timestamp and
         # window string is parsed once per fetch.
@@ -146,11 +147,21 @@ class MetricsApiSource:
             except ApiError as exc:
                 raise SourceError(f"metrics-api: {exc}") from exc
             try:
-                exact, other = _podmetrics_items(body)
-            except _NOT_JSON as exc:
+                items = _podmetrics_items(body, by_key)
+            except ValueError as exc:
                 raise SourceError(f"metrics-api: {path} answered with something that is not JSON: {exc}") from exc
-            for rec, raw_ts, raw_window, said in _said(exact, other, by_key):
-                uid = rec.uid
+            for item in items:
+                meta = item.metadata
+                rec = by_key.get((meta.namespace, meta.name))
+                if rec is None:
+                    continue
+                listed = item.containers
+                if len(listed) == 1:
+                    c = listed[0]
+                    said: tuple[tuple[Any, Any], ...] = ((c.name, c.usage.memory),)
+                else:
+                    said = tuple([(c.name, c.usage.memory) for c in listed])
+                raw_ts, raw_window, uid = item.timestamp, item.window, rec.uid
                 last = before.get(uid)
                 if last is not None and last[0] is rec and last[1] == raw_ts and last[2] == raw_window \
                         and last[3] == said:
@@ -191,52 +202,32 @@ class MetricsApiSource:
         return Usage(containers, ts, self.name)
 
 
-def _said(exact: list[Any], other: list[Any], by_key: Mapping[tuple[Any, Any], PodRecord]) \
-        -> Iterator[tuple[PodRecord, Any, Any, tuple[tuple[Any, Any], ...]]]:
-    """(record, timestamp, window, (container name, memory) pairs) of each item that is one of ours:
-    those in metrics-server's exact form (:func:`_podmetrics_items`) read with plain attributes, the
-    others with every type checked (:func:`_said_carefully`)."""
-    for item in exact:
-        meta = item.metadata
-        rec = by_key.get((meta.namespace, meta.name))
-        if rec is None:
-            continue
-        listed = item.containers
-        if len(listed) == 1:
-            c = listed[0]
-            yield rec, item.timestamp, item.window, ((c.name, c.usage.memory),)
-        else:
-            yield rec, item.timestamp, item.window, tuple([(c.name, c.usage.memory) for c in listed])
-    for item in other:
-        careful = _said_carefully(item, by_key)
-        if careful is not None:
-            yield careful
-
-
-def _said_carefully(item: Any, by_key: Mapping[tuple[Any, Any], PodRecord]) \
-        -> tuple[PodRecord, Any, Any, tuple[tuple[Any, Any], ...]] | None:
-    """(record, timestamp, window, (container name, memory) pairs) of an item not in metrics-server's
-    exact form, with every type checked: None when it is not one of ours or not readable at all.
-    Containers without a name or a memory figure are left out."""
+def _item_carefully(item: Any, by_key: Mapping[tuple[Any, Any], PodRecord]) -> _PodMetrics | None:
+    """An item of a list not in metrics-server's exact form, as the struct the exact form decodes to,
+    holding what it said (of any type; :meth:`MetricsApiSource._sample` checks): None when it is not
+    one of ``by_key`` or not readable at all. Containers that are not objects are left out."""
     if type(item) is not dict:
         return None
     meta = item.get("metadata")
     if type(meta) is not dict:
         return None
+    name: Any = meta.get("name")
+    namespace: Any = meta.get("namespace")
     try:
-        rec = by_key.get((meta.get("namespace"), meta.get("name")))
+        if (namespace, name) not in by_key:
+            return None
     except TypeError:  # an unhashable name: not one of ours
         return None
-    if rec is None:
-        return None
     listed = item.get("containers")
-    pairs = []
+    containers = []
     for c in listed if type(listed) is list else ():
-        if type(c) is not dict:
-            continue
-        usage = c.get("usage")
-        pairs.append((c.get("name"), usage.get("memory") if type(usage) is dict else None))
-    return rec, item.get("timestamp"), item.get("window"), tuple(pairs)
+        if type(c) is dict:
+            usage = c.get("usage")
+            cname: Any = c.get("name")
+            memory: Any = usage.get("memory") if type(usage) is dict else None
+            containers.append(_Container(cname, _Memory(memory)))
+    stamp: Any = item.get("timestamp")
+    return _PodMetrics(_Meta(name, namespace), stamp, containers, item.get("window"))
 
 
 def _window(value: Any) -> float | None:
