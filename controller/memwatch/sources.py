@@ -118,7 +118,7 @@ class MetricsApiSource:
         #: Samples of the last fetch left out, by reason (``predates-pod``).
         self.skipped: collections.Counter[str] = collections.Counter()
         #: uid -> (record, timestamp, window, (container, memory) as written, Usage) of the last fetch.
-        self._seen: dict[str, tuple[PodRecord, Any, Any, tuple[tuple[Any, Any], ...], Usage]] = {}
+        self._seen: dict[str, tuple[PodRecord, _PodMetrics, Usage]] = {}
 
     def _paths(self) -> list[str]:
         base = f"/apis/{METRICS_GROUP_VERSION}"
@@ -134,10 +134,10 @@ class MetricsApiSource:
             return out
         # 10,000 pods a sweep, each item read in a few microseconds: the form metrics-server writes
         # is decoded into structs and read with plain attributes (anything else is read the careful
-        # way into the same structs: _podmetrics_items); an item that says what it said last time (the
-        # same pod record, timestamp, window and memory strings) gives back the same Usage object,
-        # unparsed, which the sweep then knows it judged already; each distinct timestamp and
-        # window string is parsed once per fetch.
+        # way into the same structs: _podmetrics_items). An item equal to the pod's item last time
+        # (the same record; the same timestamp, window and memory strings) gives back the same Usage
+        # object, unparsed, which the sweep then knows it judged already. Each distinct timestamp
+        # and window string is parsed once per fetch.
         before, seen = self._seen, {}
         times: dict[str, float | None] = {}
         windows: dict[str, float | None] = {}
@@ -155,29 +155,23 @@ class MetricsApiSource:
                 rec = by_key.get((meta.namespace, meta.name))
                 if rec is None:
                     continue
-                listed = item.containers
-                if len(listed) == 1:
-                    c = listed[0]
-                    said: tuple[tuple[Any, Any], ...] = ((c.name, c.usage.memory),)
-                else:
-                    said = tuple([(c.name, c.usage.memory) for c in listed])
-                raw_ts, raw_window, uid = item.timestamp, item.window, rec.uid
+                uid = rec.uid
                 last = before.get(uid)
-                if last is not None and last[0] is rec and last[1] == raw_ts and last[2] == raw_window \
-                        and last[3] == said:
-                    out[uid] = last[4]
+                if last is not None and last[0] is rec and last[1] == item:  # struct ==: every field, in C
+                    out[uid] = last[2]
                     seen[uid] = last
                     continue
-                usage = self._sample(rec, raw_ts, raw_window, said, times, windows)
+                usage = self._sample(rec, item, times, windows)
                 if usage is not None:
                     out[uid] = usage
-                    seen[uid] = (rec, raw_ts, raw_window, said, usage)
+                    seen[uid] = (rec, item, usage)
         self._seen = seen
         return out
 
-    def _sample(self, rec: PodRecord, raw_ts: Any, raw_window: Any, said: tuple[tuple[Any, Any], ...],
-                times: dict[str, float | None], windows: dict[str, float | None]) -> Usage | None:
+    def _sample(self, rec: PodRecord, item: _PodMetrics, times: dict[str, float | None],
+                windows: dict[str, float | None]) -> Usage | None:
         """The Usage one item describes, or None when it is malformed, empty, or may be a predecessor's."""
+        raw_ts, raw_window = item.timestamp, item.window
         if type(raw_ts) is not str:
             return None
         ts = times.get(raw_ts, _UNSEEN)
@@ -191,7 +185,7 @@ class MetricsApiSource:
                 window = windows[raw_window] = _window(raw_window)
         else:
             window = None
-        containers = _container_bytes(said)
+        containers = _container_bytes(item.containers)
         if ts is None or window is None or not containers:
             return None  # malformed or empty: treated as missing, never acted on
         # Keyed by name, so the sample may be a predecessor's (a StatefulSet pod recreated under its
@@ -257,18 +251,20 @@ def _predates(record: PodRecord, window_start: float, containers: Iterable[str])
     return False
 
 
-def _container_bytes(said: tuple[tuple[Any, Any], ...]) -> dict[str, int] | None:
-    """Container name -> working-set bytes from (name, ``usage.memory``) pairs, leaving out those
-    without both; None when any value is garbled (the whole sample is then treated as missing)."""
-    if len(said) == 1:  # one container, as metrics-server writes it: the loop's work without the loop
-        name, value = said[0]
+def _container_bytes(listed: list[_Container]) -> dict[str, int] | None:
+    """Container name -> working-set bytes of an item's containers, leaving out those without a name
+    or a memory figure; None when any figure is garbled (the whole sample is then treated as missing)."""
+    if len(listed) == 1:  # one container, as metrics-server writes it: the loop's work without the loop
+        c = listed[0]
+        name, value = c.name, c.usage.memory
         if type(name) is str and name and type(value) is str:
             try:
                 return {name: parse_bytes(value, True)}
             except QuantityError:
                 return None
     out: dict[str, int] = {}
-    for name, value in said:
+    for c in listed:
+        name, value = c.name, c.usage.memory
         if not name or value is None:
             continue
         try:
