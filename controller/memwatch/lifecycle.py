@@ -19,7 +19,7 @@ sample, or a gap longer than ``max_gap`` between observations, starts it again.
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from memwatch.clock import Clock
@@ -104,6 +104,9 @@ class Lifecycle:
         self.max_gap = max_gap
         self.retry = retry or Retry()
         self._lives: dict[str, PodLife] = {}
+        #: The pod's state, or None when it has none (every quiet pod). The dict's own ``get``, not
+        #: a method wrapping it: the sweep and the agent ask it of every pod, every pass.
+        self.peek: Callable[[str], PodLife | None] = self._lives.get
 
     def __len__(self) -> int:
         return len(self._lives)
@@ -113,9 +116,6 @@ class Lifecycle:
         if life is None:
             life = self._lives[uid] = PodLife()
         return life
-
-    def peek(self, uid: str) -> PodLife | None:
-        return self._lives.get(uid)
 
     def quiet(self, uid: str) -> bool:
         """Whether the pod has nothing under way: no state yet, or IDLE with no breach and no

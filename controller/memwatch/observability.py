@@ -13,7 +13,7 @@ import math
 import threading
 import uuid
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -281,6 +281,10 @@ class Recorder:
         #: UIDs with an acted reason (ACTED_REASONS) among ``_seen``: the sweep asks for each pod, each
         #: sweep, so the answer is one set lookup without the lock (a set is safe to read under the GIL).
         self._acted: set[str] = set()
+        #: Whether memwatch (any replica or agent) already evicted, deleted or escalated on a UID:
+        #: ``already(uid, ACTED_REASONS)`` as one set lookup, the set's own ``__contains__`` (the
+        #: sweep asks it of every pod, every sweep; the set is only ever changed in place).
+        self.acted_on: Callable[[str], bool] = self._acted.__contains__
         self._lock = threading.Lock()
         #: When a pod's eviction was first refused, from Events already on the cluster: so the
         #: escalation deadline survives a controller restart.
@@ -303,11 +307,6 @@ class Recorder:
     def _unact(self, uid: str) -> None:
         if not any((uid, r) in self._seen for r in ACTED_REASONS):
             self._acted.discard(uid)
-
-    def acted_on(self, uid: str) -> bool:
-        """Whether memwatch (any replica or agent) already evicted, deleted or escalated on ``uid``:
-        ``already(uid, ACTED_REASONS)`` as one set lookup."""
-        return uid in self._acted
 
     def already(self, uid: str, reasons: Iterable[str]) -> str | None:
         """The first of ``reasons`` already reported for ``uid``, if any."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from memwatch.budget import workload_of
@@ -18,6 +18,8 @@ from memwatch.policy import ContainerSpec, Defaults, InvalidPolicy, Policy, Prob
 from memwatch.policyset import EMPTY, PolicySet
 from memwatch.quantity import QuantityError, parse_bytes, parse_time
 
+#: Pod phases with nothing left to watch.
+FINISHED = frozenset({"Succeeded", "Failed"})
 #: kubelet marks mirror pods (the API shadow of a static pod) with this annotation.
 MIRROR_ANNOTATION = "kubernetes.io/config.mirror"
 
@@ -49,6 +51,14 @@ class PodRecord:
     workload: str | None = None  # the controlling owner, ``Kind/name`` (:func:`memwatch.budget.workload_of`)
     policies: tuple[str, ...] = ()  # the MemwatchPolicy/ClusterMemwatchPolicy refs that select the pod
     conflicts: tuple[str, ...] = ()  # policies at one level disagreeing on a field (who won)
+    #: A valid policy, nothing to report (no warnings, no conflicts), not being deleted, on a node and
+    #: not finished: the sweep asks nothing more of the record before reading the pod's usage. Worked
+    #: out once per record, not six questions per pod every sweep.
+    plain: bool = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "plain", self.policy is not None and not self.warnings and not self.conflicts
+                           and not self.terminating and bool(self.node) and self.phase not in FINISHED)
 
     @property
     def key(self) -> str:

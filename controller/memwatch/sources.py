@@ -185,7 +185,15 @@ class MetricsApiSource:
                 window = windows[raw_window] = _window(raw_window)
         else:
             window = None
-        containers = _container_bytes(item.containers)
+        listed = item.containers
+        if len(listed) == 1 and type(name := listed[0].name) is str and name \
+                and type(value := listed[0].usage.memory) is str:
+            try:  # one container, as metrics-server writes it: _container_bytes' work without its loop
+                containers: dict[str, int] | None = {name: parse_bytes(value, True)}
+            except QuantityError:
+                return None
+        else:
+            containers = _container_bytes(listed)
         if ts is None or window is None or not containers:
             return None  # malformed or empty: treated as missing, never acted on
         # Keyed by name, so the sample may be a predecessor's (a StatefulSet pod recreated under its
@@ -254,14 +262,6 @@ def _predates(record: PodRecord, window_start: float, containers: Iterable[str])
 def _container_bytes(listed: list[_Container]) -> dict[str, int] | None:
     """Container name -> working-set bytes of an item's containers, leaving out those without a name
     or a memory figure; None when any figure is garbled (the whole sample is then treated as missing)."""
-    if len(listed) == 1:  # one container, as metrics-server writes it: the loop's work without the loop
-        c = listed[0]
-        name, value = c.name, c.usage.memory
-        if type(name) is str and name and type(value) is str:
-            try:
-                return {name: parse_bytes(value, True)}
-            except QuantityError:
-                return None
     out: dict[str, int] = {}
     for c in listed:
         name, value = c.name, c.usage.memory

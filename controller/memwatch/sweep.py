@@ -22,14 +22,12 @@ from memwatch.clock import SYSTEM, Clock
 from memwatch.enforcer import Enforcer
 from memwatch.lifecycle import Lifecycle, Outcome, Phase, Retry, Step, Trigger
 from memwatch.observability import REASON_PROTECTED, ActionLine, Recorder
-from memwatch.podindex import PodIndex, PodRecord
+from memwatch.podindex import FINISHED, PodIndex, PodRecord
 from memwatch.policy import Breach, Usage
 from memwatch.sources import SourceError, UsageSource
 
 log = logging.getLogger("memwatch.sweep")
 
-#: Pod phases with nothing left to watch.
-_FINISHED = frozenset({"Succeeded", "Failed"})
 #: How often a sweep loop that may not act yet (not synced, not the leader) checks again, seconds.
 NOT_READY_RECHECK = 0.5
 
@@ -133,16 +131,17 @@ class Sweeper:
         recorder, defer, acted_on = self.recorder, self.defer, self.recorder.acted_on
         candidates: list[PodRecord] = []
         for rec in records:
-            if rec.policy is None:
-                report.invalid += 1
-                recorder.invalid(rec)
-                continue
-            if rec.warnings:
-                recorder.warnings(rec)
-            if rec.conflicts:
-                recorder.conflicts(rec)
-            if rec.terminating or not rec.node or rec.phase in _FINISHED:
-                continue  # finished, being deleted, or not yet on a node (no memory to read)
+            if not rec.plain:
+                if rec.policy is None:
+                    report.invalid += 1
+                    recorder.invalid(rec)
+                    continue
+                if rec.warnings:
+                    recorder.warnings(rec)
+                if rec.conflicts:
+                    recorder.conflicts(rec)
+                if rec.terminating or not rec.node or rec.phase in FINISHED:
+                    continue  # finished, being deleted, or not yet on a node (no memory to read)
             uid = rec.uid
             life = lives.peek(uid)
             if life is not None and life.phase is Phase.DONE:

@@ -14,6 +14,7 @@ milliseconds.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import json
 import sys
 import time
@@ -23,7 +24,7 @@ import pytest
 
 from memwatch.enforcer import Enforcer, EnforcerSettings
 from memwatch.observability import Metrics, Recorder
-from memwatch.podindex import PodIndex
+from memwatch.podindex import PodIndex, build_record
 from memwatch.policy import Defaults
 from memwatch.sources import MetricsApiSource
 from memwatch.sweep import Sweeper
@@ -112,3 +113,27 @@ def test_unchanged_samples_are_not_judged_again() -> None:
     py_new, all_new = _per_pod(1)
     py_same, all_same = _per_pod(10**6)
     assert py_same < py_new and all_same < all_new, (py_same, py_new, all_same, all_new)
+
+
+@pytest.mark.parametrize(("pod", "plain"), [
+    (_pod(1), True),
+    ({**_pod(2), "status": {"phase": "Succeeded"}}, False),
+    ({**_pod(3), "status": {"phase": "Failed"}}, False),
+    ({**_pod(4), "spec": {**_pod(4)["spec"], "nodeName": None}}, False),  # not scheduled yet
+    ({**_pod(5), "metadata": {**_pod(5)["metadata"], "deletionTimestamp": "2026-12-03T10:00:00Z"}}, False),
+    ({**_pod(6), "metadata": {**_pod(6)["metadata"], "annotations": {"memwatch.io/limit": "lots"}}}, False),
+    ({**_pod(7), "metadata": {**_pod(7)["metadata"], "annotations": {"memwatch.io/limit": "64Mi",
+                                                                      "memwatch.io/limt": "1"}}}, False),  # a typo
+], ids=["running", "succeeded", "failed", "no-node", "terminating", "invalid", "warning"])
+def test_a_record_is_plain_exactly_when_the_sweep_has_nothing_more_to_ask_of_it(pod: dict[str, Any],
+                                                                                plain: bool) -> None:
+    """The sweep skips its per-record questions (invalid? warnings? deleted? on a node? finished?)
+    for a plain record: the flag must say no whenever any of them would have stopped or reported."""
+    rec = build_record(pod, Defaults(), lambda pod: None)
+    assert rec is not None
+    assert rec.plain is plain, rec
+    assert rec.plain is (rec.policy is not None and not rec.warnings and not rec.conflicts and not rec.terminating
+                         and bool(rec.node) and rec.phase not in ("Succeeded", "Failed"))
+    if plain:  # a record replaced with one fact changed is worked out again
+        assert dataclasses.replace(rec, terminating=True).plain is False
+        assert dataclasses.replace(rec, conflicts=("policy a vs b",)).plain is False
