@@ -161,7 +161,8 @@ class Lifecycle:
         this of every sample of every pod, and most are that."""
         life = self._lives.get(uid)
         if (life is None or (life.phase is Phase.IDLE and life.breach_since is None  # quiet(), inlined:
-                             and life.blocked_since is None)) and not is_over(policy, usage):  # every sample
+                             and life.blocked_since is None)) \
+                and (usage.total <= policy.under_all or not is_over(policy, usage)):  # every sample
             return Step.OK, None
         if life is None:
             life = self._lives[uid] = PodLife()

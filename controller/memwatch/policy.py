@@ -192,6 +192,14 @@ class Policy:
     warnings: tuple[str, ...] = field(default=(), compare=False)
     restart_budget: RestartBudget | None = RestartBudget(3, 3600.0)
     min_pod_age: float = 0.0
+    #: A sample whose total is at most this is under every limit: the smallest limit, when every
+    #: limit is on the whole pod (a container limit needs that container's own figure); else -1, which
+    #: no total is at most. Lets the sweep and the agent answer most samples with one comparison.
+    under_all: int = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        pod_only = all(lim.container is None for lim in self.limits)
+        object.__setattr__(self, "under_all", min((lim.bytes for lim in self.limits), default=-1) if pod_only else -1)
 
     def describe(self) -> str:
         """One line for `memwatch lint` and logs: every limit and the knobs."""

@@ -15,7 +15,7 @@ from memwatch.kube import WriteResult
 from memwatch.lifecycle import Lifecycle, Outcome, Phase, Retry, Step
 from memwatch.observability import REASON_BLOCKED, REASON_DRY_RUN, REASON_EVICTED
 from memwatch.podindex import build_record
-from memwatch.policy import ContainerSpec, Defaults, Usage, resolve
+from memwatch.policy import ContainerSpec, Defaults, Usage, breaches, resolve
 from memwatch.protections import Protections
 
 from .fakes import MI, FakeClock, FakeKube, Rig, make_pod
@@ -96,6 +96,26 @@ def test_quiet_samples_are_answered_without_state_and_a_breach_still_times_from_
     # not quiet (an action pending): a sample under the limit is noted, and cancels it
     assert lives.observe("u", policy, _usage(clock, 50))[0] is Step.CLEARED
     assert lives.quiet("u")
+
+
+@pytest.mark.parametrize("annotations", [
+    {"memwatch.io/limit": "100Mi"},
+    {"memwatch.io/limit": "100Mi", "memwatch.io/limit.app": "60Mi"},  # a container limit: no shortcut
+    {"memwatch.io/limit.side": "10Mi"},
+])
+def test_the_one_comparison_shortcut_answers_as_every_limit_would(annotations: dict[str, str]) -> None:
+    """observe answers most quiet samples with ``total <= policy.under_all``: for every figure around
+    the limits it must say what judging each limit says."""
+    policy = resolve(annotations, [ContainerSpec("app", 1 << 30), ContainerSpec("side", 1 << 30)])
+    assert policy.under_all == (100 * MI if "memwatch.io/limit.app" not in annotations
+                                and "memwatch.io/limit.side" not in annotations else -1)
+    clock = ManualClock()
+    for app in (0, 9, 10, 11, 59, 60, 61, 99, 100, 101):
+        for side in (0, 1, 11):
+            usage = Usage({"app": app * MI, "side": side * MI}, clock.wall(), "t")
+            lives = Lifecycle(clock, max_gap=15.0)
+            step, breach = lives.observe("u", policy, usage)
+            assert (step is Step.OK) is (not breaches(policy, usage)), (annotations, app, side, step, breach)
 
 
 def test_pending_action_is_cancelled_when_usage_falls() -> None:
