@@ -33,7 +33,7 @@ import select
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -57,7 +57,7 @@ from memwatch.clock import SYSTEM, Clock
 from memwatch.enforcer import Enforcer, EnforcerSettings
 from memwatch.kill import kill_cgroup
 from memwatch.kube import Kube, load_client
-from memwatch.lifecycle import HELD, Lifecycle, Outcome, Phase, Retry, Step, Trigger
+from memwatch.lifecycle import HELD, Lifecycle, Outcome, Phase, PodLife, Retry, Step, Trigger
 from memwatch.nodeguard import NodeGuard
 from memwatch.observability import (
     HISTORY_SELECTOR,
@@ -99,7 +99,9 @@ class PodState:
     """What only the agent keeps per pod (the lifecycle itself is :mod:`memwatch.lifecycle`'s):
     a bounded ring of samples for growth prediction and what the kill rung did."""
 
-    history: deque[tuple[float, dict[str, int], int]]  # (sample time, container bytes, pod total)
+    #: (sample time, container bytes, pod total). The container mapping is the sample's own, not a copy:
+    #: every source builds a new one per sample and nothing changes a sample once taken.
+    history: deque[tuple[float, Mapping[str, int], int]]
     policy: Policy | None = None  # the policy the kernel thresholds were registered for
     evicting_since: float | None = None  # mono: first API action submitted, for --kill-after
     killed: dict[str, tuple[float, str]] = field(default_factory=dict)  # container -> (mono, its CRI id)
@@ -149,11 +151,12 @@ class ActionWorker:
         self._q.put((key, fn))
         return True
 
-    def run_pending(self, block: float = 0.0) -> None:
-        """Run queued jobs (tests call this directly instead of starting the thread)."""
+    def run_pending(self, block: float | None = 0.0) -> None:
+        """Run queued jobs (tests call this directly instead of starting the thread). ``block``: wait
+        that long for the first (None: until one comes)."""
         while True:
             try:
-                key, fn = self._q.get(timeout=block) if block else self._q.get_nowait()
+                key, fn = self._q.get(timeout=block) if block != 0.0 else self._q.get_nowait()
             except queue.Empty:
                 break
             block = 0.0
@@ -166,8 +169,10 @@ class ActionWorker:
                     self.busy.discard(key)
 
     def run(self) -> None:
+        # Asleep until a job comes (stop() sends an empty one): it used to wake 4 times a second only
+        # to look at the stop flag, and a sleeping thread's wake-up costs ~0.1 ms of CPU on a VM.
         while not self._stop.is_set():
-            self.run_pending(block=0.25)
+            self.run_pending(block=None)
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self.run, name="agent-actions", daemon=True)
@@ -175,6 +180,7 @@ class ActionWorker:
 
     def stop(self) -> None:
         self._stop.set()
+        self._q.put((None, lambda: None))  # wakes run()
 
 
 def _interpolate(t0: float, v0: int, t1: float, v1: int, level: int) -> float:
@@ -239,6 +245,12 @@ class Agent:
         self._pass_key: tuple[int, int, bool] | None = None
         self._next_due = 0.0
         self._sampled = self._live = 0  # pods the last pass read, and looked at
+        #: Whether any open cgroup has a v1 threshold armed (found by _sync_events, the one place that
+        #: arms them). Without one no pod can be left to the kernel, so a pass reads every pod and skips
+        #: the adaptive-sampling bookkeeping (cgroup v2, a read-only event_control); every next_sample
+        #: is then 0. Wrong only towards True between two syncs (a closed cgroup's eventfds go with
+        #: it), which reads no fewer pods.
+        self._guarding = False
         self.last_tick = 0.0
         self.heartbeat = time.monotonic()
         self.rss = 0
@@ -314,12 +326,25 @@ class Agent:
 
     def _pass(self, current: bool) -> float:
         """One pass over the watched pods: read the due and unguarded ones, judge, act. Returns when
-        the first pod it left to the kernel is due (0: a pod needs the very next tick)."""
-        live: list[PodRecord] = []
+        the first pod it left to the kernel is due (0: a pod needs the very next tick).
+
+        One loop does all of a pod's work before the next pod's (its record, cgroups and state are
+        looked at once, while they are in the cache): most pods are quiet, and the cost of a sample
+        is the cost of a quiet pod times the pods on the node."""
         lives = self.lifecycle
         records = self.index.snapshot() if current else []  # policies not in yet: judge nothing
         # Only pods that left the index lose their state: an evicted pod keeps DONE until it is gone.
-        lives.retain({r.uid for r in records} | self.worker.busy)
+        if len(lives):
+            lives.retain({r.uid for r in records} | self.worker.busy)
+        uids: set[str] = set()
+        missing: list[PodRecord] = []
+        sampled = 0
+        full, self._full_tick = self._full_tick, False
+        now = time.monotonic()
+        next_due = float("inf")
+        # Without a threshold armed anywhere, no pod is left to the kernel: no schedule to keep.
+        guarding, kill = self._guarding, self.settings.kill
+        sample, acted_on = self.source.sample, self.recorder.acted_on
         for rec in records:
             if rec.policy is None:
                 self._announce(rec, "invalid")
@@ -328,47 +353,43 @@ class Agent:
                 self._announce(rec, "warnings")
             if rec.phase in ("Succeeded", "Failed") or (rec.node and rec.node != self.node):
                 continue
-            if self.recorder.acted_on(rec.uid):
-                lives.mark_done(rec.uid, "already")  # acted on before a restart, or by the controller
-            life = lives.peek(rec.uid)
-            finished = rec.terminating or (life is not None and life.phase is Phase.DONE)
-            if finished and not self.settings.kill:
+            uid = rec.uid
+            if acted_on(uid):
+                lives.mark_done(uid, "already")  # acted on before a restart, or by the controller
+            life = lives.peek(uid)
+            if (rec.terminating or (life is not None and life.phase is Phase.DONE)) and not kill:
                 continue  # evicted or going: only the last-resort kill rung still cares
-            live.append(rec)
-        uids = {r.uid for r in live}
-        missing: list[PodRecord] = []
-        sampled = 0
-        full, self._full_tick = self._full_tick, False
-        now = time.monotonic()
-        next_due = float("inf")
-        for rec in live:
-            if not full:
+            uids.add(uid)
+            if not full and guarding:
                 until = self._quiet_until(rec)
                 if now < until:
                     self.skipped += 1
                     next_due = min(next_due, until)
                     continue
-            usage = self.source.sample(rec)
+            usage = sample(rec)
             if usage is None:
-                lives.interrupt(rec.uid)
-                if rec.container_ids and rec.uid in self.source.problems:
+                lives.interrupt(uid)
+                if rec.container_ids and uid in self.source.problems:
                     missing.append(rec)
                 next_due = 0.0
                 continue
-            self._evaluate(rec, usage)
-            self._schedule(rec, now)
-            next_due = min(next_due, self._quiet_until(rec))
+            self._evaluate(rec, usage, life)
             sampled += 1
+            if guarding:
+                self._schedule(rec, now)
+                next_due = min(next_due, self._quiet_until(rec))
+            else:
+                next_due = 0.0  # read again at the next tick (every next_sample is 0: see _sync_events)
         if missing:  # cgroups unreadable: psutil's RSS, at its own slower cadence
             for rec in missing:
                 usage = self.fallback.fetch([rec]).get(rec.uid)
                 if usage is not None and self.clock.wall() - usage.timestamp <= self.settings.max_sample_age:
-                    self._evaluate(rec, usage)
+                    self._evaluate(rec, usage, lives.peek(rec.uid))
                     sampled += 1
         self.source.prune(uids)
-        for uid in [u for u in self.states if u not in uids]:
+        for uid in self.states.keys() - uids:
             del self.states[uid]
-        self._sampled, self._live = sampled, len(live)
+        self._sampled, self._live = sampled, len(uids)
         return next_due
 
     def _tail(self, t0: float) -> None:
@@ -451,15 +472,22 @@ class Agent:
             st = self.states[rec.uid] = PodState(deque(maxlen=self.history_len))
         return st
 
-    def _evaluate(self, rec: PodRecord, usage: Usage) -> None:
+    def _evaluate(self, rec: PodRecord, usage: Usage, life: PodLife | None) -> None:
+        """Judge one fresh sample of the pod, and act on it when it comes to that. ``life``: the pod's
+        lifecycle state as the pass found it (``Lifecycle.peek``).
+
+        Most samples are of a quiet pod under every limit and heading for none: for those this notes
+        the sample in the history ring and asks :meth:`Lifecycle.observe` and :meth:`_predict`, which
+        answer without keeping anything, and returns."""
         policy = rec.policy
         assert policy is not None
-        st = self._state(rec)
+        st = self.states.get(rec.uid)
+        if st is None:
+            st = self._state(rec)
         if st.policy is not policy:
             st.policy = policy
             self._events_dirty = True  # new pod or changed annotations: new kernel thresholds
-        st.history.append((usage.timestamp, dict(usage.containers), usage.total))
-        life = self.lifecycle.peek(rec.uid)
+        st.history.append((usage.timestamp, usage.containers, usage.total))
         if rec.terminating or (life is not None and life.phase is Phase.DONE) or rec.uid in self.worker.busy:
             self._last_resort(rec, usage, st)  # acted on, or an API action in flight
             return
@@ -469,8 +497,8 @@ class Agent:
             log.info("pod=%s is back under its limit; dropping the pending action", rec.key)
             return
         predicted = None
-        if step in (Step.OK, Step.WAIT) and policy.predict:
-            predicted = self._predict(policy, st, self._horizon(policy))
+        if policy.predict and (step is Step.OK or step is Step.WAIT):
+            predicted = self._predict(policy, st)
         if step is not Step.ACT and predicted is None:
             if step is not Step.OK:
                 self._last_resort(rec, usage, st)  # over, waiting (for:, a retry): the kill rung may still fire
@@ -481,11 +509,11 @@ class Agent:
             if fresh is None:
                 return  # vanished in between: nothing to act on
             usage = fresh
-            st.history[-1] = (usage.timestamp, dict(usage.containers), usage.total)
+            st.history[-1] = (usage.timestamp, usage.containers, usage.total)
             step, breach = self.lifecycle.observe(rec.uid, policy, usage)
             predicted = None
-            if step in (Step.OK, Step.WAIT) and policy.predict:
-                predicted = self._predict(policy, st, self._horizon(policy))
+            if policy.predict and (step is Step.OK or step is Step.WAIT):
+                predicted = self._predict(policy, st)
             if step is not Step.ACT and predicted is None:
                 return
         detected = self.clock.wall()
@@ -535,8 +563,9 @@ class Agent:
         kind = "kill" if policy.action is Action.RESTART else "evict"
         return self.settings.sample_period + self.action_seconds[kind]
 
-    def _predict(self, policy: Policy, st: PodState, horizon: float) -> tuple[str, float, int] | None:
-        """(container, seconds to its hard limit, the limit) when it will be crossed within ``horizon``."""
+    def _predict(self, policy: Policy, st: PodState, horizon: float | None = None) -> tuple[str, float, int] | None:
+        """(container, seconds to its hard limit, the limit) when it will be crossed within ``horizon``
+        (by default the policy's action's, :meth:`_horizon`: worked out only for a container that grows)."""
         if len(st.history) < 2:
             return None
         (t1, c1, _), (t2, c2, _) = st.history[-2], st.history[-1]
@@ -548,6 +577,8 @@ class Agent:
                 return name, 0.0, hard
             if v1 is None or t2 <= t1 or v2 <= v1:
                 continue
+            if horizon is None:
+                horizon = self._horizon(policy)
             # Cheap test first: only a container heading for its limit gets the least-squares fit.
             if (hard - v2) / ((v2 - v1) / (t2 - t1)) > 4 * horizon:
                 continue
@@ -800,6 +831,11 @@ class Agent:
             extra = [*extra, (notify, select.POLLIN)]  # a pod or container cgroup was made
         key = tuple(fd for entry in self.source.pods.values() for r in entry.readers()
                     for fd in (*r.events, *([r.events_fd] if r.events_fd is not None else [])))
+        guarding = any(r.events for entry in self.source.pods.values() for r in entry.readers())
+        if self._guarding and not guarding:
+            for st in self.states.values():
+                st.next_sample = 0.0  # their schedules counted on a guard that is gone: read every tick
+        self._guarding = guarding
         key += tuple(fd for fd, _ in extra)
         if key != self._poll_key or self._poll is None:
             poll = select.poll()

@@ -339,14 +339,23 @@ class CgroupReader:
     def read(self, fresh: bool = False) -> Sample:
         """The working set now. Raises :class:`Vanished` or :class:`Unreadable`."""
         now = self.clock()
+        ws = self.working_set_now(fresh)
+        usage = self.last_usage
+        assert usage is not None  # working_set_now read it
+        return Sample(usage, ws, self._since_stat == 0, now)
+
+    def working_set_now(self, fresh: bool = False) -> int:
+        """:meth:`read`'s working set alone, with no timestamp or :class:`Sample` made for it: what
+        :class:`CgroupSource` asks of every cgroup every sample (it takes the time once per pod).
+        Raises :class:`Vanished` or :class:`Unreadable`."""
         usage = self.last_usage = self.usage()
         self._since_stat += 1
         estimate = working_set(usage, self._inactive)
         gate = self.gate_bytes
         if fresh or self._since_stat >= STAT_EVERY or gate is None or estimate >= gate * STAT_GATE:
-            self.inactive_file()
-            return Sample(usage, working_set(usage, self._inactive), True, now)
-        return Sample(usage, estimate, False, now)
+            self.inactive_file()  # (sets _since_stat to 0: the figure is fresh)
+            return working_set(usage, self._inactive)
+        return estimate
 
     def hard_limit(self) -> int | None:
         """The cgroup's own hard limit (``memory.limit_in_bytes``/``memory.max``), None when unlimited."""
@@ -820,8 +829,34 @@ class CgroupSource:
         """
         if rescan:
             self._dirty.add(record.uid)
+        # One function, not a wrapper around another: the agent asks this of every pod every sample.
         try:
-            return self._sample(record, fresh)
+            entry = self.resolve(record)
+            if entry is None:
+                return None
+            # The sample's time: taken once, before its first read (what the earliest of one clock
+            # reading per cgroup would give), so the figure is never dated later than a read in it.
+            stamp = self.clock()
+            containers: dict[str, int] = {}
+            pod_bytes: int | None = None
+            for name, reader in list(entry.containers.items()):
+                try:
+                    containers[name] = reader.working_set_now(fresh)
+                except Vanished:
+                    # That container ended (a restart gives it a new ID): resolve again next time.
+                    self.vanished += 1
+                    entry.containers.pop(name).close()
+                    entry.key = ()
+                    self.generation += 1
+            pod = entry.pod
+            if pod is None:
+                if not entry.containers:
+                    del self.pods[record.uid]  # every container vanished: nothing open, look again next time
+                    return None
+            elif not containers:
+                pod_bytes = pod.working_set_now(fresh)
+            elif pod.events:
+                pod.last_usage = pod.usage()  # what its thresholds compare: see guarded_room
         except Vanished:
             self.vanished += 1
             self.forget(record.uid)
@@ -831,36 +866,8 @@ class CgroupSource:
             # whatever it had opened when the failure was in opening.
             self._problem(record, str(exc))
             return None
-
-    def _sample(self, record: PodRecord, fresh: bool) -> Usage | None:
-        entry = self.resolve(record)
-        if entry is None:
-            return None
-        containers: dict[str, int] = {}
-        pod_bytes: int | None = None
-        stamp: float | None = None
-        for name, reader in list(entry.containers.items()):
-            try:
-                s = reader.read(fresh)
-            except Vanished:
-                # That container ended (a restart gives it a new ID): resolve again next time.
-                self.vanished += 1
-                entry.containers.pop(name).close()
-                entry.key = ()
-                self.generation += 1
-                continue
-            containers[name] = s.working_set
-            stamp = s.timestamp if stamp is None else min(stamp, s.timestamp)
-        if entry.pod is not None and not containers:
-            s = entry.pod.read(fresh)
-            pod_bytes, stamp = s.working_set, s.timestamp
-        elif entry.pod is not None and entry.pod.events:
-            entry.pod.last_usage = entry.pod.usage()  # what its thresholds compare: see guarded_room
-        if not entry.containers and entry.pod is None:
-            del self.pods[record.uid]  # every container vanished: nothing open, look again next time
-        if stamp is None:
-            return None
-        self.problems.pop(record.uid, None)
+        if self.problems:
+            self.problems.pop(record.uid, None)
         return Usage(containers, stamp, self.name, pod_bytes)
 
     def guarded_room(self, uid: str) -> int | None:
