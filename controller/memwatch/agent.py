@@ -72,7 +72,7 @@ from memwatch.observability import (
     Recorder,
     event_message,  # the Event text for a line logged here already (Recorder.action would log it late)
 )
-from memwatch.podindex import PodIndex, PodRecord
+from memwatch.podindex import FINISHED, PodIndex, PodRecord
 from memwatch.policy import Action, Breach, Limit, Policy, Usage, seconds_to_cross
 from memwatch.policywatch import PolicyFeed
 from memwatch.quantity import format_bytes
@@ -351,7 +351,7 @@ class Agent:
                 continue
             if rec.warnings:
                 self._announce(rec, "warnings")
-            if rec.phase in ("Succeeded", "Failed") or (rec.node and rec.node != self.node):
+            if rec.phase in FINISHED or (rec.node and rec.node != self.node):
                 continue
             uid = rec.uid
             if acted_on(uid):

@@ -40,7 +40,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TextIO
 
 from memwatch.budget import workload_of
-from memwatch.podindex import build_record, template_policy
+from memwatch.podindex import FINISHED, build_record, template_policy
 from memwatch.policy import (
     KEY_ACTION,
     KEY_CONTAINER_LIMIT,
@@ -416,7 +416,7 @@ def _why(subject: Subject, effective: Effective, watched: bool, problems: Sequen
     givers = sorted({effective.sources[k] for k in effective.annotations
                      if (k == KEY_LIMIT or k.startswith(KEY_CONTAINER_LIMIT)) and k in effective.sources})
     from_policies = [g for g in givers if g != ANNOTATION]
-    if phase in ("Succeeded", "Failed"):
+    if phase in FINISHED:
         return f"the pod has finished (phase {phase}): memwatch watches only pods that have not"
     if watched:
         if any(k not in NOT_WATCH_KEYS for k in own):
@@ -458,7 +458,7 @@ def explain_subject(subject: Subject, scene: Scene, ctl: Controller) -> dict[str
         warnings = list(policy.warnings)
     except InvalidPolicy as exc:
         problems, warnings = [str(p) for p in exc.problems], list(exc.warnings)
-    finished = status.get("phase") in ("Succeeded", "Failed")
+    finished = status.get("phase") in FINISHED
     watched = record is not None and not finished
     protected = ctl.protections.reason(pod)
     own = own_settings(annotations)
