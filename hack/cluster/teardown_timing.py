@@ -2,17 +2,24 @@
 """Time each step of a pod's teardown on the local cluster, from the outside.
 
     teardown_timing.py [--kubeconfig K] [--runs N] [--grace S] [--parallel P] [--image I] [--delete]
+                       [--at-start SECONDS,...]
 
 For each run: creates P memory-hog pods (`imagePullPolicy: Never`, terminationGracePeriodSeconds
 S), waits until they run, evicts them (or deletes them with --delete) at once, and prints, per
 pod, the seconds from the request to: the deletionTimestamp (seen on the watch), the container
 reported terminated, the pod Failed/Succeeded or its containers all terminated, and the DELETED
 watch event (the pod gone from the API). Ends with p50 / max per step. Cleans up its namespace.
+
+--at-start: evict each pod that many seconds after its container's first process appears in its
+cgroup (as memwatch's agent does with a pod that leaks from its first instruction), not once the
+API says it runs; one pod at a time, the delays taken in turn. Run on the node (it reads
+/sys/fs/cgroup). This is how the kubelet 1.20 race in README.md ("Pod teardown") was found.
 """
 
 from __future__ import annotations
 
 import argparse
+import glob
 import statistics
 import sys
 import threading
@@ -89,6 +96,30 @@ class Watcher(threading.Thread):
             return self.seen[name][step]
 
 
+def container_started(uid: str) -> bool:
+    """Whether the pod's cgroup holds a container's process besides its sandbox's (cgroupfs driver,
+    cgroup v1 or v2): two child cgroups with processes in them."""
+    found = 0
+    for pattern in ("/sys/fs/cgroup/memory/kubepods/{}pod{}/*/cgroup.procs", "/sys/fs/cgroup/kubepods/{}pod{}/*/cgroup.procs"):
+        for qos in ("", "*/"):
+            for procs in glob.glob(pattern.format(qos, uid)):
+                try:
+                    with open(procs) as f:
+                        found += bool(f.read().strip())
+                except OSError:
+                    continue
+    return found >= 2
+
+
+def wait_started(uid: str, timeout: float) -> float:
+    deadline = time.time() + timeout
+    while not container_started(uid):
+        if time.time() > deadline:
+            raise TimeoutError(f"pod {uid}: no container process in its cgroup within {timeout:.0f}s")
+        time.sleep(0.005)
+    return time.time()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--kubeconfig", default="/var/lib/memwatch-cluster/kubeconfig")
@@ -97,7 +128,12 @@ def main() -> int:
     parser.add_argument("--parallel", type=int, default=1)
     parser.add_argument("--image", default="docker.io/library/memwatch-hog:dev")
     parser.add_argument("--delete", action="store_true", help="DELETE the pods instead of evicting them")
+    parser.add_argument("--at-start", default="", metavar="SECONDS,...",
+                        help="evict each pod this long after its container's first process appears (one at a time)")
     args = parser.parse_args()
+    at_start = [float(x) for x in args.at_start.split(",")] if args.at_start else []
+    if at_start and args.parallel != 1:
+        parser.error("--at-start takes one pod at a time (--parallel 1)")
 
     api = kubernetes.config.new_client_from_config(config_file=args.kubeconfig)  # type: ignore[no-untyped-call]
     core: Any = kubernetes.client.CoreV1Api(api)
@@ -119,10 +155,14 @@ def main() -> int:
     try:
         for run in range(args.runs):
             names = [f"hog-{uuid.uuid4().hex[:6]}" for _ in range(args.parallel)]
+            uids = {name: core.create_namespaced_pod(NAMESPACE, hog(name, args.grace, args.image)).metadata.uid
+                    for name in names}
             for name in names:
-                core.create_namespaced_pod(NAMESPACE, hog(name, args.grace, args.image))
-            for name in names:
-                watcher.wait(name, "running", 120)
+                if at_start:
+                    delay = at_start[run % len(at_start)]
+                    time.sleep(max(0.0, wait_started(uids[name], 120) + delay - time.time()))
+                else:
+                    watcher.wait(name, "running", 120)
             t0 = {}
             for name in names:
                 t0[name] = time.time()
