@@ -25,7 +25,7 @@ from memwatch.budget import BudgetBook, reference
 from memwatch.kube import Kube
 from memwatch.logformat import ActionFields, log_action
 from memwatch.podindex import PodRecord
-from memwatch.quantity import format_bytes, format_duration, parse_time
+from memwatch.quantity import format_beside, format_bytes, format_duration, parse_time
 
 log = logging.getLogger("memwatch")
 
@@ -238,7 +238,8 @@ class ActionLine:
         r = self.record
         f = ActionFields().add("action", self.result).add("pod", r.key).add("node", r.node or "-")
         if self.usage is not None:
-            f.add("usage", format_bytes(self.usage)).add("limit", format_bytes(self.limit)).add("scope", self.scope)
+            f.add("usage", format_beside(self.usage, self.limit)).add("limit", format_bytes(self.limit))
+            f.add("scope", self.scope)
         if self.source:
             f.add("source", self.source)
         if self.sample_age is not None:
@@ -433,8 +434,8 @@ def event_message(line: ActionLine) -> str:
     head = parts.get(line.result, line.result)
     text = head
     if line.usage is not None:
-        text += (f": memory {format_bytes(line.usage)} is over the memwatch limit {format_bytes(line.limit)}"
-                 f" ({line.scope}, source {line.source}")
+        usage, limit = format_beside(line.usage, line.limit), format_bytes(line.limit)
+        text += f": memory {usage} is over the memwatch limit {limit} ({line.scope}, source {line.source}"
         if line.sample_age is not None:
             text += f", sample {format_duration(line.sample_age)} old"
         text += ")"

@@ -163,6 +163,23 @@ def format_bytes(value: int | float | None) -> str:
     return f"{v:.0f}B"
 
 
+def format_beside(value: int | None, other: int | None) -> str:
+    """:func:`format_bytes` of ``value``, with as many more decimals as it takes to tell it from
+    ``other`` when the two differ but would read the same: a usage of 120.3 MiB over a limit of
+    120 MiB reads `120.3Mi`, not `120Mi` over `120Mi`. Exact bytes when three decimals are not enough."""
+    text = format_bytes(value)
+    if value is None or other is None or value == other or text != format_bytes(other):
+        return text
+    for unit, size in (("Gi", 1 << 30), ("Mi", 1 << 20), ("Ki", 1 << 10)):
+        if abs(value) >= size:
+            for places in (1, 2, 3):
+                number = f"{value / size:.{places}f}"
+                if number != f"{other / size:.{places}f}":
+                    return number + unit
+            break
+    return f"{value}B"
+
+
 def format_duration(seconds: float | None) -> str:
     """Compact duration for log lines: `35ms`, `1.2s`, `3m05s`."""
     if seconds is None:

@@ -487,3 +487,18 @@ def test_chart_schema_refuses_other_formats(chart: helm_python.Chart, bad: Any) 
     message = str(caught.value)
     assert "values don't meet the specifications of the schema" in message
     assert "/logFormat" in message, message
+
+
+def test_a_usage_just_over_its_limit_never_reads_as_equal_to_it() -> None:
+    """`memory 120Mi is over the memwatch limit 120Mi` (the demo's first Event) read as a contradiction:
+    beside its limit, a usage that differs from it shows as many decimals as it takes."""
+    from memwatch.observability import event_message
+    from memwatch.quantity import format_beside
+    limit = 120 * MI
+    for usage, shown in ((limit + 300 * 1024, "120.3Mi"), (limit + 5 * 1024, "120.005Mi"), (limit + 1, f"{limit + 1}B"),
+                         (limit, "120Mi"), (612 * MI, "612Mi"), (limit - 1, f"{limit - 1}B")):
+        line = ActionLine("evicted", RECORD, usage, limit, "pod", "cgroup", 0.0)
+        assert f"usage={shown} limit=120Mi " in line.format()
+        assert f"memory {shown} is over the memwatch limit 120Mi (" in event_message(line)
+    assert format_beside(int(1.5 * (1 << 30)) + 1, int(1.5 * (1 << 30))) == f"{int(1.5 * (1 << 30)) + 1}B"
+    assert format_beside(None, limit) == "?" and format_beside(limit + 1, None) == "120Mi"
