@@ -150,12 +150,16 @@ def parse_seconds(text: str) -> int:
     return int(significant or "0")
 
 
+#: The binary units :func:`format_bytes` and :func:`format_beside` show, largest first.
+_SHOWN_UNITS = (("Gi", 1 << 30), ("Mi", 1 << 20), ("Ki", 1 << 10))
+
+
 def format_bytes(value: int | float | None) -> str:
     """Human form used in log lines and Events: `612Mi`, `1.50Gi`, `900Ki`, `12B`."""
     if value is None:
         return "?"
     v = float(value)
-    for unit, size in (("Gi", 1 << 30), ("Mi", 1 << 20), ("Ki", 1 << 10)):
+    for unit, size in _SHOWN_UNITS:
         if abs(v) >= size:
             n = v / size
             number = f"{n:.0f}" if n >= 100 else f"{n:.2f}".rstrip("0").rstrip(".")
@@ -170,7 +174,7 @@ def format_beside(value: int | None, other: int | None) -> str:
     text = format_bytes(value)
     if value is None or other is None or value == other or text != format_bytes(other):
         return text
-    for unit, size in (("Gi", 1 << 30), ("Mi", 1 << 20), ("Ki", 1 << 10)):
+    for unit, size in _SHOWN_UNITS:
         if abs(value) >= size:
             for places in (1, 2, 3):
                 number = f"{value / size:.{places}f}"

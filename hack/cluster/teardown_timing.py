@@ -19,7 +19,6 @@ API says it runs; one pod at a time, the delays taken in turn. Run on the node (
 from __future__ import annotations
 
 import argparse
-import glob
 import statistics
 import sys
 import threading
@@ -29,6 +28,8 @@ from typing import Any
 
 import kubernetes
 from kubernetes.client.exceptions import ApiException
+
+from memwatch.cgroups import CgroupSource, Hierarchy, _holds_processes
 
 NAMESPACE = "memwatch-teardown"
 
@@ -96,24 +97,22 @@ class Watcher(threading.Thread):
             return self.seen[name][step]
 
 
-def container_started(uid: str) -> bool:
-    """Whether the pod's cgroup holds a container's process besides its sandbox's (cgroupfs driver,
-    cgroup v1 or v2): two child cgroups with processes in them."""
-    found = 0
-    for pattern in ("/sys/fs/cgroup/memory/kubepods/{}pod{}/*/cgroup.procs", "/sys/fs/cgroup/kubepods/{}pod{}/*/cgroup.procs"):
-        for qos in ("", "*/"):
-            for procs in glob.glob(pattern.format(qos, uid)):
-                try:
-                    with open(procs) as f:
-                        found += bool(f.read().strip())
-                except OSError:
-                    continue
-    return found >= 2
+def container_started(pods: CgroupSource, uid: str) -> bool:
+    """Whether the pod's cgroup (found as memwatch's agent finds it, either cgroup driver, v1 or v2)
+    holds a container's process besides its sandbox's: two child cgroups with processes in them."""
+    pod = pods.find_pod(uid)
+    if pod is None:
+        return False
+    try:
+        children = [c for c in pod.iterdir() if c.is_dir()]
+    except OSError:
+        return False
+    return sum(_holds_processes(c) for c in children) >= 2
 
 
-def wait_started(uid: str, timeout: float) -> float:
+def wait_started(pods: CgroupSource, uid: str, timeout: float) -> float:
     deadline = time.time() + timeout
-    while not container_started(uid):
+    while not container_started(pods, uid):
         if time.time() > deadline:
             raise TimeoutError(f"pod {uid}: no container process in its cgroup within {timeout:.0f}s")
         time.sleep(0.005)
@@ -134,6 +133,7 @@ def main() -> int:
     at_start = [float(x) for x in args.at_start.split(",")] if args.at_start else []
     if at_start and args.parallel != 1:
         parser.error("--at-start takes one pod at a time (--parallel 1)")
+    pods = CgroupSource(Hierarchy.detect("/sys/fs/cgroup")) if at_start else None
 
     api = kubernetes.config.new_client_from_config(config_file=args.kubeconfig)  # type: ignore[no-untyped-call]
     core: Any = kubernetes.client.CoreV1Api(api)
@@ -158,9 +158,9 @@ def main() -> int:
             uids = {name: core.create_namespaced_pod(NAMESPACE, hog(name, args.grace, args.image)).metadata.uid
                     for name in names}
             for name in names:
-                if at_start:
+                if pods is not None:
                     delay = at_start[run % len(at_start)]
-                    time.sleep(max(0.0, wait_started(uids[name], 120) + delay - time.time()))
+                    time.sleep(max(0.0, wait_started(pods, uids[name], 120) + delay - time.time()))
                 else:
                     watcher.wait(name, "running", 120)
             t0 = {}
