@@ -25,6 +25,7 @@ import datetime as dt
 import http.server
 import json
 import os
+import select
 import signal
 import socket
 import socketserver
@@ -429,37 +430,68 @@ class ApiTap:
             client = self._server_ctx.wrap_socket(raw, server_side=True)
             up = self._client_ctx.wrap_socket(socket.create_connection(self.upstream, timeout=10),
                                               server_hostname=self.upstream[0])
-            up.settimeout(None)
         except (OSError, ssl.SSLError):
             raw.close()
             return
-        armed = threading.Event()
-
-        def requests() -> None:
+        # One thread per connection pumps both ways: an OpenSSL connection must not be read in one
+        # thread while another writes it. Two threads per connection (recv on one, sendall on the
+        # other) garbled requests (the API server answered ``400 Bad Request``) and could crash
+        # the test process in libcrypto.
+        for sock in (client, up):  # a relay must not hold a small write back for the peer's ACK
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock.settimeout(30)  # bounds sendall(); reads never wait (_read_ready)
+        armed = False
+        try:
             with contextlib.suppress(OSError, ssl.SSLError):
-                while data := client.recv(65536):
-                    if self.trigger is not None and not self.fired.is_set() and self.trigger in data:
-                        if self.on_request is not None:
-                            self.fired.set()
-                            self.on_request()
-                            break  # the request never reaches the API server
-                        armed.set()
-                    up.sendall(data)
-            with contextlib.suppress(OSError):
-                up.shutdown(socket.SHUT_WR)
+                open_ways = {client: up, up: client}
+                while open_ways:
+                    # Bytes OpenSSL has already decrypted are not readable to select(): serve them first.
+                    ready = [s for s in open_ways if s.pending()] or \
+                        select.select(list(open_ways), [], [], 1.0)[0]
+                    for sock in ready:
+                        data = _read_ready(sock)
+                        if data is None:
+                            continue
+                        if sock is client:
+                            if not data:  # the client is done sending: so is the tap, upstream
+                                del open_ways[client]
+                                with contextlib.suppress(OSError):
+                                    up.shutdown(socket.SHUT_WR)
+                                continue
+                            if self.trigger is not None and not self.fired.is_set() and self.trigger in data:
+                                if self.on_request is not None:
+                                    self.fired.set()
+                                    self.on_request()
+                                    return  # the request never reaches the API server
+                                armed = True
+                            up.sendall(data)
+                        else:
+                            if not data:
+                                return
+                            if armed and not self.fired.is_set():
+                                self.fired.set()
+                                if self.on_answer is not None:
+                                    self.on_answer()
+                                return  # the answer never reaches the client
+                            client.sendall(data)
+        finally:
+            for s in (client, up):
+                with contextlib.suppress(OSError):
+                    s.close()
 
-        threading.Thread(target=requests, daemon=True).start()
-        with contextlib.suppress(OSError, ssl.SSLError):
-            while data := up.recv(65536):
-                if armed.is_set() and not self.fired.is_set():
-                    self.fired.set()
-                    if self.on_answer is not None:
-                        self.on_answer()
-                    break  # the answer never reaches the client
-                client.sendall(data)
-        for s in (client, up):
-            with contextlib.suppress(OSError):
-                s.close()
+
+def _read_ready(sock: ssl.SSLSocket) -> bytes | None:
+    """The application bytes a socket that select() found readable holds, ``b""`` at its end, or
+    None when what arrived was not application data (a TLS 1.3 session ticket, a partial record).
+    A blocking read there would wait for an answer while the request it answers sits unforwarded
+    on the other socket."""
+    sock.settimeout(0)
+    try:
+        return sock.recv(65536)
+    except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+        return None
+    finally:
+        sock.settimeout(30)
 
 
 # ---------------------------------------------------------------------------------------------
