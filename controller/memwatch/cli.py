@@ -66,6 +66,9 @@ def _parser(env: Mapping[str, str], prog: str = "memwatch") -> argparse.Argument
 # and kopf's probe activity. At INFO they bury the action= lines in `kubectl logs`; a failing
 # probe is logged at ERROR by kopf and still shows.
 PROBE_LOGGERS = ("aiohttp.access", "kopf.activities.probe")
+# kopf's logger for the failure of one of its own tasks (its API discovery, its watchers), which
+# ends its run: memwatch.handlers.run restarts it and says so in a line of its own.
+KOPF_TASK_FAILURES = "kopf._core.reactor.running"
 
 
 def _logging(verbose: bool, log_format: str = "text") -> None:
@@ -86,6 +89,12 @@ def _logging(verbose: bool, log_format: str = "text") -> None:
                    else kopf.LogFormat.FULL)
     if log_format == logformat.JSON:
         logformat.use_json(root, replace=[h for h in root.handlers if h not in before])
+    elif not verbose:
+        # kopf logs the failure of one of its tasks with the traceback of its internals; the error's
+        # text is in the message, and memwatch's own line on restarting kopf follows it.
+        for h in root.handlers:
+            if h not in before:
+                h.addFilter(logformat.NoTraceback(KOPF_TASK_FAILURES))
     logging.getLogger("memwatch").setLevel(logging.DEBUG if verbose else logging.INFO)
     logging.getLogger("urllib3").setLevel(logging.WARNING)
     for name in PROBE_LOGGERS:
@@ -94,9 +103,7 @@ def _logging(verbose: bool, log_format: str = "text") -> None:
 
 def _serve(settings: Settings, engine: object) -> int:
     """Run an engine under kopf: CLI loop, logging, liveness, signals."""
-    import kopf
-
-    import memwatch.handlers  # noqa: F401  (registers the handlers)
+    import memwatch.handlers  # registers the handlers
 
     # kopf derives an identity from the login name by default, which a non-root container uid
     # without a passwd entry does not have: give it the pod's name instead.
@@ -108,11 +115,8 @@ def _serve(settings: Settings, engine: object) -> int:
         policyhandlers.register()
     # The policy handlers watch MemwatchPolicies where memwatch watches pods (a namespaced install
     # may read them only there) and ClusterMemwatchPolicies cluster-wide, as kopf does for cluster kinds.
-    namespaces: list[Any] = list(settings.namespaces)
-    kopf.run(clusterwide=not namespaces, namespaces=namespaces, standalone=True,
-             liveness_endpoint=settings.liveness or None,
-             identity=identity, memo=kopf.Memo(engine=engine, policy_handlers=policy_handlers))
-    return 0
+    return memwatch.handlers.run(engine, namespaces=list(settings.namespaces), liveness=settings.liveness or None,
+                                 identity=identity, policy_handlers=policy_handlers)
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):

@@ -126,6 +126,21 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
+class NoTraceback(logging.Filter):
+    """Text mode: records of the named loggers stay one line; their exception's traceback is dropped
+    (the message already holds the error's text). ``--verbose`` does not install it."""
+
+    def __init__(self, *loggers: str) -> None:
+        super().__init__()
+        self.loggers = frozenset(loggers)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name in self.loggers:
+            record.exc_info = None
+            record.exc_text = None
+        return True
+
+
 class JsonHandler(logging.StreamHandler[TextIO]):
     """memwatch's stderr handler in JSON mode (its own class, so a re-configuration finds and replaces it)."""
 

@@ -392,7 +392,9 @@ class ApiTap:
     first line contains ``trigger`` (for example ``POST /api/v1/namespaces/x/pods/y/eviction``) has
     been sent upstream, the first byte of its answer runs ``on_answer`` *before* it is forwarded:
     the API server has carried the request out, and the client has not heard so. With
-    ``on_request`` set instead, that runs when the request is seen, and the request is dropped.
+    ``on_request`` set instead, that runs when the request is seen, and the request is dropped; with
+    ``reply`` set, the tap answers it with those raw bytes (an HTTP response) and closes the
+    connection. Each fires once per tap.
     """
 
     def __init__(self, upstream: tuple[str, int]) -> None:
@@ -400,6 +402,7 @@ class ApiTap:
         self.trigger: bytes | None = None
         self.on_answer: Callable[[], None] | None = None
         self.on_request: Callable[[], None] | None = None  # runs *instead of* forwarding the request
+        self.reply: bytes | None = None  # answers the request instead of the API server, then hangs up
         self.fired = threading.Event()
         self._server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         self._server_ctx.load_cert_chain(str(PKI / "apiserver.crt"), str(PKI / "apiserver.key"))
@@ -459,9 +462,12 @@ class ApiTap:
                                     up.shutdown(socket.SHUT_WR)
                                 continue
                             if self.trigger is not None and not self.fired.is_set() and self.trigger in data:
-                                if self.on_request is not None:
+                                if self.on_request is not None or self.reply is not None:
                                     self.fired.set()
-                                    self.on_request()
+                                    if self.on_request is not None:
+                                        self.on_request()
+                                    if self.reply is not None:
+                                        client.sendall(self.reply)
                                     return  # the request never reaches the API server
                                 armed = True
                             up.sendall(data)

@@ -18,7 +18,7 @@ import pytest
 from kopf._core.engines.probing import health_reporter  # the code behind kopf.run(liveness_endpoint=...)
 
 import memwatch.handlers  # noqa: F401  (registers the probe handler)
-from memwatch.cli import PROBE_LOGGERS, _logging
+from memwatch.cli import KOPF_TASK_FAILURES, PROBE_LOGGERS, _logging
 
 
 class _HealthyEngine:
@@ -106,3 +106,29 @@ def test_a_stalled_sweep_fails_the_probe_at_once() -> None:
         asyncio.run(_probe_once(_StalledEngine()))
     assert failed.value.code == 500
     assert time.monotonic() - t0 < 1.0
+
+
+def _kopf_task_failure() -> None:
+    try:
+        raise UnicodeDecodeError("utf-8", b"\x89", 0, 1, "invalid start byte")
+    except UnicodeDecodeError as exc:  # how kopf logs the failure of one of its tasks
+        logging.getLogger(KOPF_TASK_FAILURES).exception(f"Resource observer has failed: {exc}")
+
+
+def test_kopfs_task_failure_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    _logging(verbose=False)
+    capsys.readouterr()
+    _kopf_task_failure()
+    logging.getLogger("memwatch.sweep").error("a memwatch error keeps its traceback", exc_info=ValueError("x"))
+    err = capsys.readouterr().err.splitlines()
+    assert "Resource observer has failed: 'utf-8' codec can't decode byte 0x89" in err[0]
+    assert "a memwatch error keeps its traceback" in err[1]
+    assert err[2:] == ["ValueError: x"], "only memwatch's own record carries its exception"
+
+
+def test_verbose_keeps_kopfs_traceback(capsys: pytest.CaptureFixture[str]) -> None:
+    _logging(verbose=True)
+    capsys.readouterr()
+    _kopf_task_failure()
+    err = capsys.readouterr().err
+    assert "Traceback (most recent call last):" in err and err.rstrip().endswith("invalid start byte")
