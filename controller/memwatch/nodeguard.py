@@ -50,7 +50,7 @@ from memwatch.kube import WriteResult
 from memwatch.logformat import ActionFields, log_action
 from memwatch.nodesignals import NodeSignalReader, NodeSignals, pod_working_set
 from memwatch.observability import COMPONENT
-from memwatch.podindex import PodRecord
+from memwatch.podindex import FINISHED, PodRecord
 from memwatch.policy import KEY_NODE_PRESSURE, NODE_PRESSURE_VALUES
 from memwatch.policyset import EMPTY, PolicySet
 from memwatch.quantity import QuantityError, format_bytes, parse_bytes
@@ -200,7 +200,7 @@ def node_pod(pod: Mapping[str, Any], protect: Callable[[Mapping[str, Any]], str 
     meta = pod.get("metadata") or {}
     spec = pod.get("spec") or {}
     status = pod.get("status") or {}
-    if status.get("phase") in ("Succeeded", "Failed"):
+    if status.get("phase") in FINISHED:
         return None
     requests = 0
     containers = [*(c for c in spec.get("initContainers") or () if isinstance(c, Mapping)
