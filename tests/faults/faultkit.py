@@ -442,48 +442,67 @@ class ApiTap:
         # the test process in libcrypto.
         for sock in (client, up):  # a relay must not hold a small write back for the peer's ACK
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            sock.settimeout(30)  # bounds sendall(); reads never wait (_read_ready)
-        armed = False
+            sock.settimeout(_SEND_TIMEOUT)  # bounds sendall(); reads never wait (_read_ready)
         try:
-            with contextlib.suppress(OSError, ssl.SSLError):
-                open_ways = {client: up, up: client}
-                while open_ways:
-                    # Bytes OpenSSL has already decrypted are not readable to select(): serve them first.
-                    ready = [s for s in open_ways if s.pending()] or \
-                        select.select(list(open_ways), [], [], 1.0)[0]
-                    for sock in ready:
-                        data = _read_ready(sock)
-                        if data is None:
-                            continue
-                        if sock is client:
-                            if not data:  # the client is done sending: so is the tap, upstream
-                                del open_ways[client]
-                                with contextlib.suppress(OSError):
-                                    up.shutdown(socket.SHUT_WR)
-                                continue
-                            if self.trigger is not None and not self.fired.is_set() and self.trigger in data:
-                                if self.on_request is not None or self.reply is not None:
-                                    self.fired.set()
-                                    if self.on_request is not None:
-                                        self.on_request()
-                                    if self.reply is not None:
-                                        client.sendall(self.reply)
-                                    return  # the request never reaches the API server
-                                armed = True
-                            up.sendall(data)
-                        else:
-                            if not data:
-                                return
-                            if armed and not self.fired.is_set():
-                                self.fired.set()
-                                if self.on_answer is not None:
-                                    self.on_answer()
-                                return  # the answer never reaches the client
-                            client.sendall(data)
+            self._pump(client, up)
+        except (OSError, ssl.SSLError):
+            pass  # either side hung up or broke off: so does the tap
         finally:
             for s in (client, up):
                 with contextlib.suppress(OSError):
                     s.close()
+
+    def _pump(self, client: ssl.SSLSocket, up: ssl.SSLSocket) -> None:
+        """Relay both ways until upstream closes or the trigger fires."""
+        armed = False  # the trigger's request went upstream: its answer fires on_answer
+        open_ways = [client, up]
+        while open_ways:
+            # Bytes OpenSSL has already decrypted are not readable to select(): serve them first.
+            ready = [s for s in open_ways if s.pending()] or select.select(open_ways, [], [], 1.0)[0]
+            for sock in ready:
+                data = _read_ready(sock)
+                if data is None:
+                    continue
+                if sock is up:
+                    if not data or (armed and self._intercept_answer()):
+                        return  # upstream is done, or the answer never reaches the client
+                    client.sendall(data)
+                elif not data:  # the client is done sending: so is the tap, upstream
+                    open_ways.remove(client)
+                    with contextlib.suppress(OSError):
+                        up.shutdown(socket.SHUT_WR)
+                else:
+                    if self.trigger is not None and not self.fired.is_set() and self.trigger in data:
+                        if self._intercept_request(client):
+                            return  # the request never reaches the API server
+                        armed = True
+                    up.sendall(data)
+
+    def _intercept_request(self, client: ssl.SSLSocket) -> bool:
+        """The trigger's request, seen: with ``on_request`` or ``reply`` set, fire (answering it with
+        ``reply``) and say so: the request is dropped. Otherwise it goes upstream, armed."""
+        if self.on_request is None and self.reply is None:
+            return False
+        self.fired.set()
+        if self.on_request is not None:
+            self.on_request()
+        if self.reply is not None:
+            client.sendall(self.reply)
+        return True
+
+    def _intercept_answer(self) -> bool:
+        """The first bytes of the armed request's answer: fire ``on_answer`` before they are passed
+        on, and say so: they never are. Once per tap."""
+        if self.fired.is_set():
+            return False
+        self.fired.set()
+        if self.on_answer is not None:
+            self.on_answer()
+        return True
+
+
+#: How long the tap's sendall() may wait on a peer that does not read.
+_SEND_TIMEOUT = 30.0
 
 
 def _read_ready(sock: ssl.SSLSocket) -> bytes | None:
@@ -497,7 +516,7 @@ def _read_ready(sock: ssl.SSLSocket) -> bytes | None:
     except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
         return None
     finally:
-        sock.settimeout(30)
+        sock.settimeout(_SEND_TIMEOUT)
 
 
 # ---------------------------------------------------------------------------------------------
