@@ -10,6 +10,12 @@ recorder), with these differences:
   reports a threshold crossing (v1 eventfd on ``memory.usage_in_bytes``, v2 ``memory.events``), and
   when inotify reports a new pod or container cgroup (:mod:`memwatch.discovery`): a pod is armed
   from its pod cgroup's creation, before its first container runs.
+* Adaptive sampling: a quiet pod far below its lines is read in full every 1 to ``MAX_STRIDE``
+  samples, fewer the faster it grows, while something stands guard below its lowest line: a v1
+  kernel threshold, or where none can be armed the lean guard, which reads only the usage file of
+  each such cgroup every sample and compares it with the line and the growth since the last one
+  (:meth:`memwatch.cgroups.CgroupSource.lean_crossed`). Either one's crossing makes that sample read
+  every pod in full.
 * Growth prediction: a short ring of samples per pod; when the growth rate will carry a container
   past its hard limit (``limits.memory``) before the next sample plus the time the action takes
   (:func:`memwatch.policy.seconds_to_cross`), the agent acts now. ``memwatch.io/predict: "false"``
@@ -245,12 +251,13 @@ class Agent:
         self._pass_key: tuple[int, int, bool] | None = None
         self._next_due = 0.0
         self._sampled = self._live = 0  # pods the last pass read, and looked at
-        #: Whether any open cgroup has a v1 threshold armed (found by _sync_events, the one place that
-        #: arms them). Without one no pod can be left to the kernel, so a pass reads every pod and skips
-        #: the adaptive-sampling bookkeeping (cgroup v2, a read-only event_control); every next_sample
-        #: is then 0. Wrong only towards True between two syncs (a closed cgroup's eventfds go with
-        #: it), which reads no fewer pods.
+        #: Whether any open cgroup is guarded: a v1 threshold armed, or a line for the lean guard
+        #: (found by _sync_events, the one place that arms and sets them). Without a guard no pod can
+        #: be left unread, so a pass reads every pod and skips the adaptive-sampling bookkeeping; every
+        #: next_sample is then 0. Wrong only towards True between two syncs (a closed cgroup's eventfds
+        #: go with it; the lean guard answers True once the cgroups changed), which reads no fewer pods.
         self._guarding = False
+        self._lean_guarding = False  # some guarded cgroup has no kernel threshold: lean_crossed each tick
         self.last_tick = 0.0
         self.heartbeat = time.monotonic()
         self.rss = 0
@@ -311,6 +318,8 @@ class Agent:
         applied = self._apply_results()
         if not self._full_tick and self._poll is not None:
             self.wait(0)  # a threshold crossed since the last wait (tick() called on its own) reads all
+        if self._lean_guarding and not self._full_tick and self.source.lean_crossed(self._lookahead()):
+            self._full_tick = True  # as when the kernel wakes the agent: this sample reads every pod
         current = self.policy_feed is None or self.policy_feed.current(fresh=False)
         key = (self.index.generation, self.source.generation, current)
         if (not applied and not self._full_tick and not self._woken and not self._events_dirty
@@ -426,7 +435,7 @@ class Agent:
         if st is None:
             return
         period = self.settings.sample_period
-        room = self.source.guarded_room(rec.uid) if self._events_ok else None
+        room = self.source.guarded_room(rec.uid)
         if room is None:
             st.next_sample = 0.0
             return
@@ -438,6 +447,12 @@ class Agent:
         seconds_to_line = room / max(growth, GROWTH_FLOOR)
         stride = max(1, min(MAX_STRIDE, int(seconds_to_line / (2 * period))))
         st.next_sample = now + (stride - 0.5) * period  # due at the tick ``stride`` periods from now
+
+    def _lookahead(self) -> float:
+        """Sample periods ahead in which a growth towards a line counts as reaching it (the lean
+        guard's): as far ahead as :meth:`_predict`'s cheap test looks, four slowest-action horizons."""
+        period = self.settings.sample_period
+        return 4 * (period + max(self.action_seconds.values())) / period
 
     def _announce(self, rec: PodRecord, what: str) -> None:
         """Report an invalid policy or annotation warnings once per pod and content (on the worker),
@@ -801,8 +816,13 @@ class Agent:
             st = self.states.get(uid)
             if st is None or st.policy is None:
                 continue
-            armed: list[tuple[CgroupReader, tuple[int, ...]]] = [
-                (reader, self._thresholds(st.policy, name)) for name, reader in entry.containers.items()]
+            # Each cgroup's line for the lean guard: its lowest threshold, or for a container its hard
+            # limit when the policy predicts and that is lower (a growth heading there must be read in
+            # full early, to be predicted).
+            hard = dict(st.policy.container_hard_limits) if st.policy.predict else {}
+            armed: list[tuple[CgroupReader, tuple[int, ...], set[int]]] = [
+                (reader, self._thresholds(st.policy, name), {hard[name]} if name in hard else set())
+                for name, reader in entry.containers.items()]
             if entry.pod is not None:
                 # The pod cgroup holds its containers: a threshold at every line that matters for any
                 # of them wakes the agent for a container it has not found yet (a leak from the start).
@@ -811,10 +831,11 @@ class Agent:
                 names = {lim.container for lim in st.policy.limits if lim.container is not None}
                 names |= {name for name, _ in st.policy.container_hard_limits}
                 armed.append((entry.pod, tuple(sorted(
-                    pod_lines | {v for name in names for v in self._thresholds(st.policy, name)}))))
-            for reader, wanted in armed:
+                    pod_lines | {v for name in names for v in self._thresholds(st.policy, name)})), set()))
+            for reader, wanted, hard_lines in armed:
                 if reader is not entry.pod:
                     reader.gate_bytes = min(wanted, default=None)
+                reader.line = min((*wanted, *hard_lines), default=None)
                 if not self._events_ok or reader.thresholds == wanted or not wanted:
                     continue
                 try:
@@ -831,10 +852,13 @@ class Agent:
             extra = [*extra, (notify, select.POLLIN)]  # a pod or container cgroup was made
         key = tuple(fd for entry in self.source.pods.values() for r in entry.readers()
                     for fd in (*r.events, *([r.events_fd] if r.events_fd is not None else [])))
-        guarding = any(r.events for entry in self.source.pods.values() for r in entry.readers())
+        # Guarded: by a kernel threshold, or else by the lean guard (lean_crossed, every sample).
+        self._lean_guarding = self.source.guard_lean() > 0
+        guarding = self._lean_guarding or any(r.events for entry in self.source.pods.values() for r in entry.readers())
         if self._guarding and not guarding:
             for st in self.states.values():
                 st.next_sample = 0.0  # their schedules counted on a guard that is gone: read every tick
+            self._next_due = 0.0
         self._guarding = guarding
         key += tuple(fd for fd, _ in extra)
         if key != self._poll_key or self._poll is None:

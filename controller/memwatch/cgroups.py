@@ -10,7 +10,9 @@
   2 us per usage read, 19 us per ``memory.stat`` read; re-opening costs 49 us). ``memory.stat`` is the
   expensive part, so it is re-read every sample only for cgroups near a threshold (:class:`CgroupReader`).
 * When: kernel notifications wake the agent between samples: v1 ``cgroup.event_control`` thresholds on
-  ``memory.usage_in_bytes`` through an eventfd, v2 ``memory.events`` changes (POLLPRI).
+  ``memory.usage_in_bytes`` through an eventfd, v2 ``memory.events`` changes (POLLPRI). Where no
+  threshold can be armed (v2, a read-only ``cgroup.event_control``), the lean guard stands in
+  (:meth:`CgroupSource.lean_crossed`): one ``pread`` of each quiet cgroup's usage file per sample.
 * Kill: :mod:`memwatch.kill` (pidfds on v1, ``cgroup.kill`` on v2); psutil's top processes by RSS for
   the log line are here (:func:`top_processes`).
 
@@ -296,6 +298,9 @@ class CgroupReader:
         self.thresholds: tuple[int, ...] | None = None  # what the kernel was asked to report
         self.events: list[int] = []  # eventfds registered for this cgroup (v1 thresholds)
         self.last_usage: int | None = None  # raw usage at the last read (what the thresholds compare)
+        #: The lowest raw usage at which the agent must judge this cgroup in full (set by the agent):
+        #: where no kernel threshold is armed, the lean guard's line (:meth:`CgroupSource.lean_crossed`).
+        self.line: int | None = None
         self.events_fd: int | None = None  # v2: memory.events, polled for POLLPRI
         self.opened_at = time.monotonic()  # when the agent first held this cgroup (for the arming figures)
         self._usage_fd = self._open(hierarchy.usage_file)
@@ -415,13 +420,19 @@ class CgroupReader:
             self.events_fd = None
 
     def guarded_room(self) -> int | None:
-        """Bytes of raw usage left below the lowest kernel threshold registered on this cgroup, when
-        the kernel will say the moment usage crosses it; None when it will not (no v1 eventfd
-        registered, cgroup v2, or usage already at or past it: a threshold fires on a crossing only,
-        and the working set may still grow under a usage that is past one because of page cache)."""
-        if not self.events or not self.thresholds or self.last_usage is None:
+        """Bytes of raw usage left, at the last read, below the line whose crossing will be noticed
+        between full samples: the lowest v1 kernel threshold registered on this cgroup (the kernel
+        wakes the agent), or else :attr:`line` (the lean guard reads the usage file every sample).
+        None when neither guards it, or usage is already at or past the line: a threshold fires on
+        a crossing only, and the working set may still grow under a usage past one (page cache)."""
+        if self.last_usage is None:
             return None
-        room = self.thresholds[0] - self.last_usage
+        if self.events and self.thresholds:
+            room = self.thresholds[0] - self.last_usage
+        elif self.line is not None:
+            room = self.line - self.last_usage
+        else:
+            return None
         return room if room > 0 else None
 
     def close(self) -> None:
@@ -570,6 +581,11 @@ class CgroupSource:
         self._kinds: dict[str, dict[str, str]] = {}  # uid -> child directory name -> sandbox|container
         self._unsettled: dict[str, float] = {}  # uid -> since when it has had an undecided child
         self._said_enospc = False
+        #: The lean guard (guard_lean): (usage fd, line, reader) of each cgroup it reads, the usage each
+        #: read last, and the generation it was built for.
+        self._lean: list[tuple[int, int, CgroupReader]] = []
+        self._lean_prev: list[int] = []
+        self._lean_generation = -1
 
     # -- resolution ----------------------------------------------------------------------------
     def bases(self) -> list[Path]:
@@ -855,8 +871,8 @@ class CgroupSource:
                     return None
             elif not containers:
                 pod_bytes = pod.working_set_now(fresh)
-            elif pod.events:
-                pod.last_usage = pod.usage()  # what its thresholds compare: see guarded_room
+            elif pod.events or pod.line is not None:
+                pod.last_usage = pod.usage()  # what its thresholds or line compare: see guarded_room
         except Vanished:
             self.vanished += 1
             self.forget(record.uid)
@@ -881,13 +897,48 @@ class CgroupSource:
             return None
         least: int | None = None
         for reader in entry.readers():
-            if reader is entry.pod and entry.containers and not reader.thresholds:
+            if reader is entry.pod and entry.containers and not reader.thresholds and reader.line is None:
                 continue  # only read as a fallback; its containers are the ones read and guarded
             room = reader.guarded_room()
             if room is None:
                 return None
             least = room if least is None else min(least, room)
         return least
+
+    # -- the lean guard -------------------------------------------------------------------------
+    def guard_lean(self) -> int:
+        """Take every open cgroup that has a :attr:`CgroupReader.line` and no kernel threshold into
+        the lean guard (after the agent set the lines; again whenever cgroups come or go). Returns how many."""
+        lean = []
+        for entry in self.pods.values():
+            for reader in entry.readers():
+                if reader.line is not None and not reader.events:
+                    lean.append((reader._usage_fd, reader.line, reader))
+        self._lean = lean
+        self._lean_prev = [r.last_usage if r.last_usage is not None else line for _, line, r in lean]
+        self._lean_generation = self.generation
+        return len(self._lean)
+
+    def lean_crossed(self, lookahead: float) -> bool:
+        """The kernel's threshold notification, done in user space where none is armed (cgroup v2, a
+        read-only ``cgroup.event_control``): one ``pread`` of each guarded cgroup's usage file. True
+        when one is at or past its line, or heading there within ``lookahead`` sample periods at the
+        growth since the last call, unless its last full read was past the line already (its pod is
+        read in full every sample then); also True when a file cannot be read, or the cgroups
+        changed since :meth:`guard_lean` (the full sample finds out what happened)."""
+        if self._lean_generation != self.generation:
+            return True
+        prev, pread = self._lean_prev, os.pread
+        for i, (fd, line, reader) in enumerate(self._lean):
+            try:
+                usage = int(pread(fd, 64, 0))
+            except (OSError, ValueError):
+                return True
+            last, prev[i] = prev[i], usage
+            if (usage >= line or (usage > last and usage + (usage - last) * lookahead >= line)) \
+                    and (reader.last_usage is None or reader.last_usage < line):
+                return True
+        return False
 
     def _problem(self, record: PodRecord, message: str) -> None:
         if self.problems.get(record.uid) != message:

@@ -17,7 +17,7 @@ from memwatch.agent import MAX_STRIDE, Agent
 from memwatch.cgroups import CgroupSource, Hierarchy
 from memwatch.lifecycle import Phase
 
-from .helpers import UID_B, ApiDouble, load_bench, make_pod, make_settings
+from .helpers import ApiDouble, load_bench, make_settings
 
 MiB = 1 << 20
 UID = "5a0e3d1c-0000-4000-8000-00000000ad01"
@@ -122,19 +122,6 @@ def test_usage_past_a_threshold_is_never_guarded(quiet: tuple[Agent, Any, ApiDou
     assert agent.source.pods[UID].containers["c"].thresholds == (8 * MiB,)
     assert agent.source.guarded_room(UID) is None
     assert sampled[2:] == [1] * (len(sampled) - 2), sampled
-
-
-@pytest.mark.parametrize("tree_name", ["v1_tree", "v2_tree"])
-def test_without_kernel_threshold_notifications_every_pod_is_read_every_sample(
-        tree_name: str, request: pytest.FixtureRequest) -> None:
-    """A v1 fixture tree has no working cgroup.event_control, and v2 has no usage thresholds (only
-    memory.high/max events): nothing stands guard, so nothing is skipped."""
-    tree: Path = request.getfixturevalue(tree_name)
-    agent = Agent(make_settings(tree, sample_period=0.1, node_name="node1"), kube=None,
-                  source=CgroupSource(Hierarchy.detect(tree)), watch=False)
-    agent.index.upsert(make_pod(annotations={"memwatch.io/limit": "380Mi"}))
-    assert _ticks(agent, MAX_STRIDE + 2, period=0.0) == [1] * (MAX_STRIDE + 2)
-    assert agent.skipped == 0 and agent.source.guarded_room(UID_B) is None
 
 
 def test_a_tick_with_no_pod_due_and_nothing_changed_does_not_pass_over_the_pods(

@@ -37,11 +37,13 @@ def dmesg_readable() -> bool:
     return readable
 
 
+@pytest.mark.parametrize("kernel_thresholds", [True, False], ids=["kernel-threshold", "lean-guard"])
 @pytest.mark.parametrize("rate", [50, 200])
-def test_the_agent_preempts_the_oom_killer_every_time_at_low_rates(hog: Path, rate: int,
+def test_the_agent_preempts_the_oom_killer_every_time_at_low_rates(hog: Path, rate: int, kernel_thresholds: bool,
                                                                    dmesg_readable: bool) -> None:
+    """With a v1 threshold armed, and without one (as on cgroup v2: the lean guard stands in)."""
     for run in range(RUNS):
-        result = oom_race.race_agent(hog, rate)
+        result = oom_race.race_agent(hog, rate, kernel_thresholds=kernel_thresholds)
         assert result.oom_kill == 0, f"run {run}: the kernel OOM-killed the hog first: {result}"
         if dmesg_readable:
             assert result.dmesg_oom is False, f"run {run}: dmesg shows a memcg OOM kill: {result}"
