@@ -836,7 +836,12 @@ class Agent:
                 if reader is not entry.pod:
                     reader.gate_bytes = min(wanted, default=None)
                 reader.line = min((*wanted, *hard_lines), default=None)
-                if not self._events_ok or reader.thresholds == wanted or not wanted:
+                if reader.thresholds == wanted:
+                    continue
+                if not wanted or not self._events_ok:
+                    # A registration for other lines guards none of these: dropped, so the lean guard
+                    # (which leaves a cgroup with kernel thresholds to the kernel) takes the cgroup.
+                    reader.unwatch()
                     continue
                 try:
                     reader.watch_thresholds(wanted)
@@ -844,8 +849,8 @@ class Agent:
                     continue
                 except Unreadable as exc:
                     self._events_ok = False
-                    log.warning("kernel memory notifications unavailable (%s); sampling every %.0fms only",
-                                exc, self.settings.sample_period * 1000)
+                    log.warning("kernel memory notifications unavailable (%s); the lean guard reads each quiet "
+                                "cgroup's usage file every %.0fms instead", exc, self.settings.sample_period * 1000)
         extra = self.guard.fds if self.guard is not None else []  # kubepods eventfd, PSI trigger
         notify = self.source.notify_fd()
         if notify is not None:

@@ -10,6 +10,7 @@ real-cgroup test at the end is judged by the kernel (root only; skips loudly oth
 from __future__ import annotations
 
 import itertools
+import os
 import time
 from pathlib import Path
 
@@ -213,3 +214,20 @@ def test_on_a_real_cgroup_without_kernel_thresholds_a_crossing_is_acted_on_at_th
             p.kill()
             p.wait()
         cg.close()
+
+
+def test_a_kernel_registration_for_old_lines_is_dropped_when_it_cannot_be_renewed(v1_tree: Path) -> None:
+    """Notifications stopped working (a registration failed) and then the pod's lines changed: the
+    kernel still holds the old thresholds, which guard none of the new lines. They are dropped, and the
+    lean guard takes the cgroup at its new line."""
+    agent = _agent(v1_tree)
+    _quiet(agent, v1_tree, v1_app(v1_tree))
+    reader = _app_reader(agent)
+    reader.events, reader.thresholds = [os.eventfd(0)], (250 * MiB,)  # as if armed at the old line
+    agent._events_ok = False
+    agent.index.upsert(make_pod(annotations={"memwatch.io/limit.app": "200Mi"}))  # a lower line
+    agent.tick()
+    assert not reader.events and reader.thresholds is None
+    assert reader.line == 200 * MiB and any(r is reader for _, _, r in agent.source._lean)
+    room = reader.guarded_room()  # below the new line (raw usage 124 MiB: 100 working set, 24 inactive)
+    assert room == 200 * MiB - 124 * MiB
