@@ -89,10 +89,16 @@ def test_a_quiet_pod_under_the_kernels_guard_is_read_every_stride_not_every_samp
     assert gaps and max(gaps) <= MAX_STRIDE, f"read at ticks {positions}: never more than {MAX_STRIDE} apart"
 
 
+@pytest.mark.parametrize("kernel_thresholds", [True, False], ids=["kernel-threshold", "lean-guard"])
 def test_a_crossing_between_two_samples_is_acted_on_at_the_very_next_tick(
-        quiet: tuple[Agent, Any, ApiDouble], hog: Path) -> None:
+        quiet: tuple[Agent, Any, ApiDouble], hog: Path, kernel_thresholds: bool) -> None:
+    """Under the kernel's threshold, and without one (as on cgroup v2, or a read-only
+    cgroup.event_control: the lean guard reads the usage file every sample)."""
     agent, cg, kube = quiet
+    agent._events_ok = kernel_thresholds  # False: no registration is tried
     _ticks(agent, 4)
+    reader = agent.source.pods[UID].containers["c"]
+    assert bool(reader.events) is kernel_thresholds and reader.line == 48 * MiB
     st = agent.states[UID]
     assert st.next_sample > time.monotonic() + 0.3, "the quiet pod is not due for a while"
     grower = cg.spawn([str(hog), "--rate", "400", "--max", "48", "--hold"])
@@ -102,7 +108,8 @@ def test_a_crossing_between_two_samples_is_acted_on_at_the_very_next_tick(
             assert time.monotonic() < deadline, "the grower never took the pod past 48Mi"
             time.sleep(0.005)
         assert time.monotonic() < st.next_sample, "the crossing came before the pod's next sample was due"
-        agent.tick()  # one tick: the kernel's eventfd says a threshold was crossed, so this one reads it
+        # One tick: the kernel's eventfd, or the lean guard's read, says a line was crossed, so this one reads it.
+        agent.tick()
         life = agent.lifecycle.peek(UID)
         assert life is not None and life.phase is not Phase.IDLE, life
         agent.worker.run_pending(block=2.0)

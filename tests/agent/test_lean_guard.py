@@ -3,8 +3,9 @@
 kernel's notification, and the pod is read in full once per stride. A crossing, or a growth heading
 for a line, between two full reads is acted on at the very next sample.
 
-The fixture trees have no ``cgroup.event_control``, so every agent here runs on the lean guard; the
-real-cgroup test at the end is judged by the kernel (root only; skips loudly otherwise).
+The fixture trees have no ``cgroup.event_control``, so every agent here runs on the lean guard. On
+real cgroups, judged by the kernel: tests/agent/test_adaptive_sampling.py (a crossing between two
+full reads) and tests/agent/test_oom_race.py (the race), each with and without kernel thresholds.
 """
 
 from __future__ import annotations
@@ -20,10 +21,9 @@ from memwatch.agent import MAX_STRIDE, Agent
 from memwatch.cgroups import CgroupReader, CgroupSource, Hierarchy
 from memwatch.lifecycle import Phase
 
-from .helpers import UID_B, ApiDouble, load_bench, make_pod, make_settings, set_usage, v1_app, v2_app
+from .helpers import UID_B, ApiDouble, make_pod, make_settings, set_usage, v1_app, v2_app
 
 MiB = 1 << 20
-oom_race = load_bench("oom_race")
 
 
 def _agent(tree: Path, api: ApiDouble | None = None, **annotations: str) -> Agent:
@@ -159,61 +159,6 @@ def test_the_kernels_threshold_and_the_lean_guard_never_both_guard_one_cgroup(v1
         assert all(r is not reader for _, _, r in agent.source._lean)
     finally:
         reader.events = []
-
-
-# -- on a real cgroup, judged by the kernel -----------------------------------------------------------
-WHY = oom_race.cgroup_v1_unavailable()
-
-
-@pytest.mark.cgroup
-@pytest.mark.skipif(WHY is not None, reason=f"SKIPPED LOUDLY: no real memory cgroups here: {WHY}")
-def test_on_a_real_cgroup_without_kernel_thresholds_a_crossing_is_acted_on_at_the_next_sample() -> None:
-    """A real cgroup (hard limit 128 MiB) with a 16 MiB holder, watched at 48Mi, no threshold armed:
-    a grower takes it past 48Mi between two full reads; the next sample evicts, and the kernel never
-    OOM-kills."""
-    hog = oom_race.build_hog()
-    cg = oom_race.MemCgroup(128 * MiB, prefix="memwatch-lean")
-    procs = [cg.spawn([str(hog), "--sleep", "--start", "16"])]
-    try:
-        deadline = time.monotonic() + 10
-        while int((cg.path / "memory.usage_in_bytes").read_text()) < 12 * MiB:
-            assert time.monotonic() < deadline, "the holder never allocated its 16 MiB"
-            time.sleep(0.02)
-        api = ApiDouble()
-        source = CgroupSource(Hierarchy(1, oom_race.V1_MEMORY), locate=lambda rec: (None, {"c": cg.path}))
-        agent = Agent(make_settings(sample_period=0.1, node_name="node-a"), kube=api,  # type: ignore[arg-type]
-                      source=source, watch=False)
-        agent._events_ok = False  # as on cgroup v2 or a read-only cgroup.event_control: no threshold armed
-        uid = "5a0e3d1c-0000-4000-8000-00000000ad02"
-        agent.index.upsert({
-            "metadata": {"uid": uid, "name": "lean", "namespace": "default",
-                         "annotations": {"memwatch.io/limit": "48Mi", "memwatch.io/action": "evict"}},
-            "spec": {"nodeName": "node-a",
-                     "containers": [{"name": "c", "resources": {"limits": {"memory": "128Mi"}}}]},
-            "status": {"phase": "Running", "containerStatuses": [{"name": "c", "containerID": "containerd://ab"}]}})
-        for _ in range(4):
-            agent.tick()
-            time.sleep(0.1)
-        reader = source.pods[uid].containers["c"]
-        assert not reader.events and reader.line == 48 * MiB, "guarded by the lean guard, not the kernel"
-        st = agent.states[uid]
-        assert st.next_sample > time.monotonic() + 0.3, "the quiet pod is not due for a while"
-        grower = cg.spawn([str(hog), "--rate", "400", "--max", "48", "--hold"])
-        procs.append(grower)
-        deadline = time.monotonic() + 5
-        while int((cg.path / "memory.usage_in_bytes").read_text()) < 64 * MiB:
-            assert time.monotonic() < deadline, "the grower never took the pod past 48Mi"
-            time.sleep(0.005)
-        assert time.monotonic() < st.next_sample, "the crossing came before the pod's next full read was due"
-        assert agent.tick() == 1, "the lean guard saw the crossing: this sample reads the pod"
-        agent.worker.run_pending(block=2.0)
-        assert api.evictions == [("default", "lean", uid)], api.evictions
-        assert cg.oom_kills() == 0
-    finally:
-        for p in procs:
-            p.kill()
-            p.wait()
-        cg.close()
 
 
 def test_a_kernel_registration_for_old_lines_is_dropped_when_it_cannot_be_renewed(v1_tree: Path) -> None:
