@@ -9,10 +9,12 @@ judged again on the pod's *current* record.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import gc
 import logging
 import math
+import operator
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -27,6 +29,9 @@ from memwatch.policy import Breach, Usage
 from memwatch.sources import SourceError, UsageSource
 
 log = logging.getLogger("memwatch.sweep")
+
+_SAMPLE = operator.itemgetter(1)  # the Usage in a judged (record, usage, quiet)
+_SOURCE_AND_TIME = operator.attrgetter("source", "timestamp")
 
 #: How often a sweep loop that may not act yet (not synced, not the leader) checks again, seconds.
 NOT_READY_RECHECK = 0.5
@@ -176,10 +181,8 @@ class Sweeper:
         max_age = self.max_sample_age
         judged_before: dict[str, tuple[PodRecord, Usage, bool]] = self._judged
         judged: dict[str, tuple[PodRecord, Usage, bool]] = {}
-        ages: dict[tuple[str, float], int] = {}  # (source, sample time) -> pods: one observe per age
         reported_missing = self._reported_missing
         OK, CLEARED, ACT = Step.OK, Step.CLEARED, Step.ACT  # locals: read for every pod
-        sampled = 0
         for rec in candidates:
             uid = rec.uid
             usage = samples.get(uid)
@@ -196,11 +199,8 @@ class Sweeper:
                 log.info("stale sample for pod=%s age=%.1fs > max-sample-age=%.0fs (not acted on)",
                          rec.key, age, max_age)
                 continue
-            key = (usage.source, ts)
-            ages[key] = ages.get(key, 0) + 1
-            sampled += 1
             seen = judged_before.get(uid)
-            if seen is not None and seen[2] and seen[0] is rec and seen[1] is usage:
+            if seen is not None and seen[1] is usage and seen[0] is rec and seen[2]:
                 judged[uid] = seen  # the same facts and the same sample, found under every limit
                 continue
             policy = rec.policy
@@ -217,7 +217,10 @@ class Sweeper:
             result = self._act(rec, breach, usage, detected)
             report.results[result] = report.results.get(result, 0) + 1
         self._judged, self._judged_at = judged, time.monotonic()
-        report.sampled = sampled
+        report.sampled = len(judged)  # every sample judged was fresh enough, and none other
+        # One histogram observation per distinct (source, sample time), counted in C: a node's pods
+        # share a sample time, so that is a few dozen observations for thousands of pods.
+        ages = collections.Counter(map(_SOURCE_AND_TIME, map(_SAMPLE, judged.values())))
         observe = self.metrics.sample_age.observe
         for (source, ts), n in ages.items():
             observe(source, max(detected - ts, 0.0), n)
