@@ -170,8 +170,9 @@ def _raw_pod(i: int) -> dict[str, Any]:
                      "labels": {"app": "bench", "pod-template-hash": "abc123"}},
         "spec": {"nodeName": f"node-{i % 50}",
                  "containers": [{"name": "app", "resources": {"limits": {"memory": "256Mi"}}}]},
-        "status": {"phase": "Running", "qosClass": "Burstable",
-                   "containerStatuses": [{"name": "app", "containerID": f"containerd://{i:064x}"}]},
+        "status": {"phase": "Running", "qosClass": "Burstable", "startTime": "2026-01-01T00:00:00Z",
+                   "containerStatuses": [{"name": "app", "containerID": f"containerd://{i:064x}",
+                                          "state": {"running": {"startedAt": "2026-01-01T00:00:05Z"}}}]},
     }
 
 

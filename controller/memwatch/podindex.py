@@ -55,10 +55,17 @@ class PodRecord:
     #: not finished: the sweep asks nothing more of the record before reading the pod's usage. Worked
     #: out once per record, not six questions per pod every sweep.
     plain: bool = field(init=False, repr=False, compare=False)
+    #: The latest of the pod's start and its running containers' starts (None: the pod's start is
+    #: unknown). A sample measured from after it cannot be a predecessor's: one comparison per new
+    #: sample instead of :func:`memwatch.sources._predates`' loop.
+    settled_at: float | None = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "plain", self.policy is not None and not self.warnings and not self.conflicts
                            and not self.terminating and bool(self.node) and self.phase not in FINISHED)
+        started = self.started_at
+        object.__setattr__(self, "settled_at", None if started is None else
+                           max(started, max((at for _, at in self.containers_started), default=started)))
 
     @property
     def key(self) -> str:

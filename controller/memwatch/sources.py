@@ -181,7 +181,8 @@ class MetricsApiSource:
                     if value is not None and value[-2:] == "Ki" and 2 < len(value) <= 17 \
                             and (digits := value[:-2]).isdigit() and digits.isascii() and only.name:
                         containers = {only.name: int(digits) << 10}
-                        if _predates(rec, ts - window, containers):
+                        settled = rec.settled_at  # measured from after it: no predecessor's (_predates' quick no)
+                        if (settled is None or ts - window <= settled) and _predates(rec, ts - window, containers):
                             skipped[PREDATES_POD] += 1
                             continue
                         made = Usage(containers, ts, name)
