@@ -5,7 +5,9 @@ sizes, not by the next full run's NOT RUN row. Figures are printed by ``make ben
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 BENCH = Path(__file__).resolve().parents[2] / "bench"
 if str(BENCH) not in sys.path:
@@ -18,6 +20,44 @@ def test_sweep_cpu_runs_and_measures_every_case() -> None:
     cpu = controller_scale.sweep_cpu(50, 2)
     assert set(cpu) >= {"p50", "p99", "cadence_p50", "cadence_p99", "decide_p50", "decode_p50"}
     assert all(v > 0 for v in cpu.values()), cpu
+
+
+def test_the_sweep_figures_are_measured_after_the_heap_stops_growing() -> None:
+    """The warm-up runs sweeps until one faults in no new page, and never more than MAX_WARM_UP."""
+    kept: list[bytearray] = []
+
+    def grows(times: int) -> Callable[[], None]:
+        def sweep() -> None:
+            if len(kept) < times:  # 8 MiB of new, touched pages: page faults, as a growing heap makes
+                kept.append(bytearray(b"x" * (8 << 20)))
+        return sweep
+
+    assert controller_scale._warm_up(grows(3)) == 4  # three growing sweeps, then a steady one
+    kept.clear()
+    assert controller_scale._warm_up(grows(10**6)) == controller_scale.MAX_WARM_UP  # bounded
+    kept.clear()
+
+
+def test_the_sweep_figures_are_measured_before_row_3_fills_the_cluster(monkeypatch: Any) -> None:
+    """Row 4's in-process figures run first (no 50k pods' API server beside them) and are still
+    reported after row 3's; one part failing does not hide the others."""
+    ran: list[str] = []
+
+    def part(name: str, fail: bool = False) -> Callable[[Any], list[Any]]:
+        def run(ctx: Any) -> list[Any]:
+            ran.append(name)
+            if fail:
+                raise RuntimeError("boom")
+            return [name]
+        return run
+
+    monkeypatch.setattr(controller_scale, "row4_sweep", part("4-sweep"))
+    monkeypatch.setattr(controller_scale, "row3", part("3", fail=True))
+    monkeypatch.setattr(controller_scale, "row4_steady", part("4-steady"))
+    rows = controller_scale.run(controller_scale.Context(quick=True, log=lambda s: None))
+    assert ran == ["4-sweep", "3", "4-steady"]
+    assert rows[0].figure.startswith("3.") and "boom" in rows[0].memwatch and rows[0].met == "**NOT RUN**"
+    assert rows[1:] == ["4-sweep", "4-steady"]
 
 
 def test_the_per_pod_poller_baseline_runs() -> None:
