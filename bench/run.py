@@ -231,15 +231,21 @@ def write_results(rows: list[Row], args: argparse.Namespace, seconds: float,
     now = datetime.now(UTC)
     # A quick run never replaces the full run's file, which is the one committed.
     path = RESULTS / f"{now:%Y-%m-%d}{'-quick' if args.quick else ''}.md"
+    measured = len(rows)
     if args.only or partial is not None:
         rows = _merge(rows, path)
+    kept = len(rows) - measured  # rows of earlier today's file this run did not re-run
     text = table(rows)
     notes = "".join(f"- **{r.figure}**: {r.note}\n" for r in rows if r.note)
     if notes:
         text += f"\n## Notes\n\n{notes}"
     details = "\n".join(f"- {k}: {v}" for k, v in machine().items())
     mode = "quick (`python bench/run.py --quick`)" if args.quick else "full (`make bench`)"
-    only = f"; {', '.join(args.only)} re-run with --only, the other rows kept from earlier today" if args.only else ""
+    only = ""
+    if args.only:
+        only = f"; {', '.join(args.only)} re-run with --only, " + (
+            "the other rows kept from earlier today" if kept else
+            "nothing else run today (the other benchmarks' figures are in earlier results files)")
     if partial is not None:
         only += (f"; STILL RUNNING or CUT SHORT after {', '.join(partial)} (rows not re-run yet are "
                  "kept from earlier today)")

@@ -226,6 +226,19 @@ def test_a_run_cut_short_keeps_what_it_measured(tmp_path: Path, monkeypatch: pyt
     assert "CUT SHORT after first" in text
 
 
+def test_a_run_with_only_says_whether_it_kept_rows_of_earlier_today(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    run = load_bench("run")
+    monkeypatch.setattr(run, "RESULTS", tmp_path)
+    only = run.argparse.Namespace(quick=True, only=["lint"])
+    first = run.write_results([run.Row("8. lint figure", "1 s", "2 s", "0.5x", "≤ 15 s", "yes")], only, 60.0)
+    assert "nothing else run today" in first.read_text() and "kept from earlier today" not in first.read_text()
+    run.write_results([run.Row("2. first figure", "1", "10", "0.1x", "1", "yes")],
+                      run.argparse.Namespace(quick=True, only=["first"]), 60.0)
+    text = first.read_text()
+    assert "the other rows kept from earlier today" in text and "| 8. lint figure | 1 s |" in text
+
+
 def test_the_runtime_package_never_imports_matplotlib() -> None:
     """Every module of memwatch imported in a fresh interpreter: matplotlib (the `bench` extra) is not loaded."""
     code = (
