@@ -218,8 +218,8 @@ def _warm_up(sweep: Any) -> int:
     A new sweeper's first sweeps grow the heap to its steady size: the list being decoded lives
     beside the last one until it is compared, and the allocator settles over a few sweeps. Those
     sweeps page memory in, kernel time counted in ``process_time`` (seen on 2026-12-04 at 10,000
-    pods: ~2,800, 1,300, 1,500, 800, 1,000 faults and up to 8 ms of system time in the first five
-    sweeps, none from the eleventh on). That is the start-up of a process that then sweeps 17,280
+    pods: ~2,800, 1,300, 1,500, 800, 1,000 faults and up to 8 ms of system time in the five sweeps
+    after the first; the twelfth was the first with none). That is the start-up of a process that then sweeps 17,280
     times a day, so the steady figures are measured after it; the start-up itself is row 3's."""
     for done in range(1, MAX_WARM_UP + 1):
         faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
