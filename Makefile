@@ -10,7 +10,10 @@ KEEP ?= 0
 # Never in the tests' environment under this generic name: recipes pass it on as MEMWATCH_TEST_KEEP.
 unexport KEEP
 CLUSTER := hack/local-cluster.sh
-CLUSTER_ROOT ?= /var/lib/memwatch-cluster
+# The local cluster's run dir: hack/local-cluster.sh's MEMWATCH_CLUSTER_ROOT, or CLUSTER_ROOT=... here.
+# Exported under that name, so the script, the suites and the kubeconfig below all use the same one.
+CLUSTER_ROOT ?= $(or $(MEMWATCH_CLUSTER_ROOT),/var/lib/memwatch-cluster)
+export MEMWATCH_CLUSTER_ROOT := $(CLUSTER_ROOT)
 LOCAL_KUBECONFIG := $(CLUSTER_ROOT)/kubeconfig
 PYTEST_ARGS ?=
 

@@ -41,8 +41,10 @@ from kubernetes import client as k8s_client
 from kubernetes import config as k8s_config
 
 REPO = Path(__file__).resolve().parent.parent
-KUBECONFIG = os.environ.get("MEMWATCH_KUBECONFIG", "/var/lib/memwatch-cluster/kubeconfig")
-AUDIT_LOG = os.environ.get("MEMWATCH_AUDIT_LOG", "/var/lib/memwatch-cluster/logs/audit.log")
+#: hack/local-cluster.sh's run dir (the Makefile exports it under this name).
+CLUSTER_ROOT = Path(os.environ.get("MEMWATCH_CLUSTER_ROOT") or "/var/lib/memwatch-cluster")
+KUBECONFIG = os.environ.get("MEMWATCH_KUBECONFIG") or str(CLUSTER_ROOT / "kubeconfig")
+AUDIT_LOG = os.environ.get("MEMWATCH_AUDIT_LOG") or str(CLUSTER_ROOT / "logs" / "audit.log")
 LOCAL_CLUSTER = REPO / "hack" / "local-cluster.sh"
 
 #: Every object the benchmarks create carries this label, and lives in a `bench-*` namespace.

@@ -11,7 +11,8 @@
 #      component that acted (controller or node agent) and the Event on the pod;
 #   5. leaves the cluster running and prints `export KUBECONFIG=...` and how to tear it down.
 #
-# Environment: PY (the venv's python, default .venv/bin/python), DEMO_TIMEOUT (seconds, 240).
+# Environment: PY (the venv's python, default .venv/bin/python), DEMO_TIMEOUT (seconds, 240);
+# MEMWATCH_CACHE and MEMWATCH_CLUSTER_ROOT as hack/local-cluster.sh reads them.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -32,13 +33,14 @@ else
     say "No Docker engine here: using the Docker-less local cluster (hack/local-cluster.sh)"
     bash hack/local-cluster.sh up
     bash hack/local-cluster.sh images
-    KUBECONFIG=/var/lib/memwatch-cluster/kubeconfig
+    KUBECONFIG=${MEMWATCH_CLUSTER_ROOT:-/var/lib/memwatch-cluster}/kubeconfig
     say "installing memwatch with the Python Helm engine"
     # The e2e values stream memwatch only the suite's pods; the demo watches every pod.
     "$PY" hack/e2e-install.py install --kubeconfig "$KUBECONFIG" --values tests/e2e/values-e2e.yaml \
         --set labelSelector=
     # The kubectl built with the cluster matches its version; any other kubectl will do.
-    KUBECTL=$(ls "${XDG_CACHE_HOME:-$HOME/.cache}"/memwatch/kubernetes-*/bin/kubectl 2>/dev/null | tail -n 1 || true)
+    KUBECTL=$(ls "${MEMWATCH_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/memwatch}"/kubernetes-*/bin/kubectl 2>/dev/null \
+        | tail -n 1 || true)
     KUBECTL=${KUBECTL:-kubectl}
     TEARDOWN="make cluster-down   # or: bash hack/local-cluster.sh down"
 fi

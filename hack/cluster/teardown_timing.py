@@ -19,6 +19,7 @@ API says it runs; one pod at a time, the delays taken in turn. Run on the node (
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import threading
@@ -121,7 +122,8 @@ def wait_started(pods: CgroupSource, uid: str, timeout: float) -> float:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--kubeconfig", default="/var/lib/memwatch-cluster/kubeconfig")
+    parser.add_argument("--kubeconfig", default=os.path.join(
+        os.environ.get("MEMWATCH_CLUSTER_ROOT") or "/var/lib/memwatch-cluster", "kubeconfig"))
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--grace", type=int, default=1)
     parser.add_argument("--parallel", type=int, default=1)

@@ -29,8 +29,10 @@ from typing import Any
 
 import pytest
 
+from integration.clusterkit import LOCAL_KUBECONFIG
+
 REPO = Path(__file__).resolve().parents[2]
-KUBECONFIG = os.environ.get("MEMWATCH_LOCAL_KUBECONFIG", "/var/lib/memwatch-cluster/kubeconfig")
+KUBECONFIG = os.environ.get("MEMWATCH_LOCAL_KUBECONFIG", LOCAL_KUBECONFIG)
 NODE = "node1"
 HOG_IMAGE = "docker.io/library/memwatch-hog:dev"
 MEMWATCH = Path(sys.executable).parent / "memwatch"

@@ -26,11 +26,13 @@ import kubernetes
 import pytest
 from kubernetes.client.rest import ApiException
 
+from integration.clusterkit import LOCAL_KUBECONFIG
+
 from .chartlib import CHART_DIR
 
 pytestmark = pytest.mark.cluster
 
-KUBECONFIG = Path(os.environ.get("KUBECONFIG") or "/var/lib/memwatch-cluster/kubeconfig")
+KUBECONFIG = Path(os.environ.get("KUBECONFIG") or LOCAL_KUBECONFIG)
 IMAGE = "docker.io/library/memwatch:dev"
 HOG_IMAGE = "docker.io/library/memwatch-hog:dev"
 RELEASE = "mwchart"

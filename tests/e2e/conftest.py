@@ -30,10 +30,11 @@ from typing import Any
 
 import pytest
 
+from integration.clusterkit import LOCAL_KUBECONFIG
+
 from .support import E2E_NAMESPACE, E2E_RELEASE, Cluster, Memwatch, PodRecorder, unique
 
 ROOT = Path(__file__).resolve().parents[2]
-LOCAL_KUBECONFIG = "/var/lib/memwatch-cluster/kubeconfig"
 INSTALLER = ROOT / "hack" / "e2e-install.py"
 VALUES = ROOT / "tests" / "e2e" / "values-e2e.yaml"
 

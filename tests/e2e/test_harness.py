@@ -77,6 +77,37 @@ def test_make_e2e_local_passes_keep_to_the_tests_only_as_memwatch_test_keep(tmp_
     assert (tmp_path / "cluster-calls").read_text().split() == ["up", "images"]
 
 
+@pytest.mark.parametrize("how", ["environment", "make variable"])
+def test_make_e2e_local_gives_the_script_and_the_suites_one_cluster_root(tmp_path: Path, how: str) -> None:
+    """hack/local-cluster.sh reads its run dir from MEMWATCH_CLUSTER_ROOT; the suites must look for
+    the kubeconfig and the audit log in the same place, whether it was set in the environment or
+    as CLUSTER_ROOT=... (they looked in the default one, and found no cluster or someone else's)."""
+    if shutil.which("make") is None:
+        pytest.skip("no make on PATH")
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    pytest_stub = venv / "bin" / "pytest"
+    pytest_stub.write_text(f'#!/bin/sh\nenv > "{tmp_path}/env"\n')
+    pytest_stub.chmod(0o755)
+    cluster_stub = tmp_path / "cluster.sh"
+    cluster_stub.write_text(f'echo "$1 $MEMWATCH_CLUSTER_ROOT" >> "{tmp_path}/cluster-calls"\n')
+    (venv / ".installed").touch()
+    os.utime(venv / ".installed", (2**31, 2**31))
+    root = tmp_path / "elsewhere"
+    env = {k: v for k, v in os.environ.items() if k not in ("KEEP", "MAKEFLAGS", "MFLAGS", "MEMWATCH_CLUSTER_ROOT")}
+    args = ["make", "--no-print-directory", "-C", str(ROOT), "e2e-local", f"VENV={venv}", f"CLUSTER={cluster_stub}"]
+    if how == "environment":
+        env["MEMWATCH_CLUSTER_ROOT"] = str(root)
+    else:
+        args.append(f"CLUSTER_ROOT={root}")
+    result = subprocess.run(args, env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+    seen = dict(line.split("=", 1) for line in (tmp_path / "env").read_text().splitlines() if "=" in line)
+    assert seen.get("KUBECONFIG") == f"{root}/kubeconfig"
+    assert seen.get("MEMWATCH_CLUSTER_ROOT") == str(root)
+    assert (tmp_path / "cluster-calls").read_text().splitlines() == [f"{c} {root}" for c in ("up", "images", "down")]
+
+
 def test_make_e2e_local_keeps_the_cluster_logs_when_the_suites_fail(tmp_path: Path) -> None:
     """A failure on the real cluster must be diagnosable after `down` removed the cluster: the
     recipe copies its logs to a directory it names, then takes the cluster down, and fails."""

@@ -83,6 +83,7 @@ from chart.test_alerts import (
     variables_without_values,
 )
 from chart.test_prometheus_scrape import Processes, Prometheus, _psi_missing, free_port, http_get, poll
+from integration.clusterkit import LOCAL_KUBECONFIG
 from memwatch.kube import ApiError
 from memwatch.nodeguard import REASON_NODE_PRESSURE
 
@@ -103,7 +104,6 @@ from .test_node_guard import ROOM, _best_effort_hog, _oom_kills, _why_not, kubep
 pytestmark = pytest.mark.e2e
 
 ROOT = Path(__file__).resolve().parents[2]
-LOCAL_KUBECONFIG = "/var/lib/memwatch-cluster/kubeconfig"
 #: What the suite installs (tests/e2e/conftest.py): hack/e2e-install.py with these values.
 E2E_VALUES = ROOT / "tests" / "e2e" / "values-e2e.yaml"
 #: Rendered too, for the test's purpose: the cluster has no prometheus-operator, so the suite's

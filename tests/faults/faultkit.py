@@ -42,11 +42,11 @@ from typing import Any
 
 import urllib3
 
-from integration.clusterkit import Admin, audit_code, audit_entries, audit_user, hog_pod, holding, wait_for
+from integration.clusterkit import LOCAL_ROOT, Admin, audit_code, audit_entries, audit_user, hog_pod, holding, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 CLUSTER_SCRIPT = REPO / "hack" / "local-cluster.sh"
-CLUSTER_ROOT = Path(os.environ.get("MEMWATCH_CLUSTER_ROOT", "/var/lib/memwatch-cluster"))
+CLUSTER_ROOT = LOCAL_ROOT
 PKI = CLUSTER_ROOT / "pki"
 #: The answers that mean the server carried the write out.
 ACCEPTED = frozenset({200, 201, 202})

@@ -31,8 +31,10 @@ from memwatch.settings import Settings
 
 T = TypeVar("T")
 
-LOCAL_KUBECONFIG = "/var/lib/memwatch-cluster/kubeconfig"
-LOCAL_AUDIT_LOG = "/var/lib/memwatch-cluster/logs/audit.log"
+#: hack/local-cluster.sh's run dir (the Makefile exports it under this name; CLUSTER_ROOT=... there).
+LOCAL_ROOT = Path(os.environ.get("MEMWATCH_CLUSTER_ROOT") or "/var/lib/memwatch-cluster")
+LOCAL_KUBECONFIG = str(LOCAL_ROOT / "kubeconfig")
+LOCAL_AUDIT_LOG = str(LOCAL_ROOT / "logs" / "audit.log")
 HOG_IMAGE = "docker.io/library/memwatch-hog:dev"
 SELF_LABEL = ("app.kubernetes.io/name", "memwatch")  # memwatch's default --self-selector
 MiB = 1 << 20

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from .clusterkit import HOG_IMAGE, SESSION, Admin, audit_log_path, kubeconfig_path
+from .clusterkit import HOG_IMAGE, LOCAL_KUBECONFIG, SESSION, Admin, audit_log_path, kubeconfig_path
 
 _unavailable: list[str] = []
 
@@ -44,8 +44,7 @@ def _probe() -> Cluster:
     """The cluster, or a pytest.skip naming exactly what is missing."""
     kubeconfig = kubeconfig_path()
     if kubeconfig is None:
-        raise _skip("no kubeconfig (MEMWATCH_TEST_KUBECONFIG, /var/lib/memwatch-cluster/kubeconfig or "
-                    "KUBECONFIG)")
+        raise _skip(f"no kubeconfig (MEMWATCH_TEST_KUBECONFIG, {LOCAL_KUBECONFIG} or KUBECONFIG)")
     try:
         admin = Admin(kubeconfig)
         admin.kube.get_json("/version", timeout=5)
