@@ -33,7 +33,9 @@ else
     say "No Docker engine here: using the Docker-less local cluster (hack/local-cluster.sh)"
     bash hack/local-cluster.sh up
     bash hack/local-cluster.sh images
-    KUBECONFIG=${MEMWATCH_CLUSTER_ROOT:-/var/lib/memwatch-cluster}/kubeconfig
+    DEFAULT_ROOT=/var/lib/memwatch-cluster  # hack/local-cluster.sh's
+    CLUSTER_ROOT=${MEMWATCH_CLUSTER_ROOT:-$DEFAULT_ROOT}
+    KUBECONFIG=$CLUSTER_ROOT/kubeconfig
     say "installing memwatch with the Python Helm engine"
     # The e2e values stream memwatch only the suite's pods; the demo watches every pod.
     "$PY" hack/e2e-install.py install --kubeconfig "$KUBECONFIG" --values tests/e2e/values-e2e.yaml \
@@ -42,7 +44,10 @@ else
     KUBECTL=$(ls "${MEMWATCH_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/memwatch}"/kubernetes-*/bin/kubectl 2>/dev/null \
         | tail -n 1 || true)
     KUBECTL=${KUBECTL:-kubectl}
-    TEARDOWN="make cluster-down   # or: bash hack/local-cluster.sh down"
+    # A run dir other than the default must be given to the teardown too.
+    ROOT_SET=
+    [[ "$CLUSTER_ROOT" == "$DEFAULT_ROOT" ]] || ROOT_SET="MEMWATCH_CLUSTER_ROOT=$CLUSTER_ROOT "
+    TEARDOWN="${ROOT_SET}make cluster-down   # or: ${ROOT_SET}bash hack/local-cluster.sh down"
 fi
 export KUBECONFIG
 

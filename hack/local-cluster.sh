@@ -364,12 +364,19 @@ component_exe() {
     esac
 }
 
+# The executable NAME was started from, as `start` recorded it: a cluster brought up with another
+# MEMWATCH_CACHE runs other binaries, and `down` must still know them for its own (it once took
+# such a cluster's root away and left its Kubernetes processes running).
+started_exe() {
+    cat "$PIDS/$1.exe" 2>/dev/null || readlink -f "$(component_exe "$1")"
+}
+
 component_pid() {
     local name=$1 pid exe
     pid=$(cat "$PIDS/$name.pid" 2>/dev/null) || return 1
     [[ "$pid" =~ ^[0-9]+$ ]] || return 1
     exe=$(readlink "/proc/$pid/exe" 2>/dev/null) || return 1
-    [ "${exe% (deleted)}" = "$(readlink -f "$(component_exe "$name")")" ] || return 1
+    [ "${exe% (deleted)}" = "$(started_exe "$name")" ] || return 1
     echo "$pid"
 }
 
@@ -395,6 +402,7 @@ start() {
         return
     fi
     log "starting $name"
+    readlink -f "$(component_exe "$name")" >"$PIDS/$name.exe"
     # Not a process group leader (no job control here), so setsid execs in
     # place and $! is the component's own pid.
     setsid nohup "$(component_exe "$name")" "$@" >>"$LOGS/$name.log" 2>&1 </dev/null &
@@ -426,7 +434,7 @@ stop() {
             while running "$pid"; do sleep 0.1; done
         fi
     fi
-    rm -f "$PIDS/$name.pid"
+    rm -f "$PIDS/$name.pid" "$PIDS/$name.exe"
 }
 
 # wait_for WHAT TIMEOUT COMPONENT CMD...: polls CMD until it succeeds; on

@@ -3,7 +3,10 @@ line (issue 9: the first run of `hack/local-cluster.sh up` once exited 1 with no
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -39,6 +42,33 @@ def test_local_cluster_status_answers_without_an_error(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert "node node1               not Ready" in result.stdout
     assert "ERROR" not in result.stderr, result.stderr
+
+
+def test_a_cluster_brought_up_with_another_cache_is_still_known_and_stopped(tmp_path: Path) -> None:
+    """Its processes run binaries from the cache it was brought up with. `status`, `stop` and `down`
+    run with another MEMWATCH_CACHE (or none) once took them for strangers' processes: `down` then
+    removed the cluster's root and left kube-apiserver, the kubelet and the rest running."""
+    first, other, root = tmp_path / "first-cache", tmp_path / "other-cache", tmp_path / "root"
+    kubelet = first / "kubernetes-1.20.2" / "bin" / "kubelet"
+    kubelet.parent.mkdir(parents=True)
+    shutil.copy("/bin/sleep", kubelet)  # a stand-in the kernel names by its own path in /proc/PID/exe
+    env = {**os.environ, "MEMWATCH_CACHE": str(first), "MEMWATCH_CLUSTER_ROOT": str(root)}
+    # `start` as `up` runs it (the script's own function, sourced: `help` only prints the usage).
+    driver = f'source "{HACK / "local-cluster.sh"}" help >/dev/null; mkdir -p "$PIDS" "$LOGS"; start kubelet 300'
+    subprocess.run(["bash", "-c", driver], env=env, check=True, capture_output=True, timeout=60)
+    pid = int((root / "pids" / "kubelet.pid").read_text())
+    try:
+        env["MEMWATCH_CACHE"] = str(other)
+        script = ["bash", str(HACK / "local-cluster.sh")]
+        status = subprocess.run([*script, "status"], env=env, capture_output=True, text=True, timeout=60)
+        assert f"kubelet                  pid {pid:<8} alive" in status.stdout, status.stdout
+        stopped = subprocess.run([*script, "stop", "kubelet"], env=env, capture_output=True, text=True, timeout=60)
+        assert stopped.returncode == 0 and f"stopping kubelet (pid {pid})" in stopped.stderr, stopped.stderr
+        assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split(") ")[1][:1]
+        assert not (root / "pids" / "kubelet.exe").exists()
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
 
 
 def test_pip_passthrough_explains_bad_usage(tmp_path: Path) -> None:
