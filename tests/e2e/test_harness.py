@@ -50,31 +50,50 @@ def test_suites_read_no_generic_environment_names() -> None:
     assert not offenders, offenders
 
 
-def test_make_e2e_local_passes_keep_to_the_tests_only_as_memwatch_test_keep(tmp_path: Path) -> None:
+def _make_e2e_local(tmp_path: Path, *make_args: str, suites_fail: bool = False,
+                    env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """`make e2e-local` with stand-ins: a pytest that writes the environment the suites would see
+    to tmp_path/env (or fails, with ``suites_fail``), and a cluster script that appends each call
+    (its verb and the MEMWATCH_CLUSTER_ROOT it was given) to tmp_path/cluster-calls."""
     if shutil.which("make") is None:
         pytest.skip("no make on PATH")
     venv = tmp_path / "venv"
     (venv / "bin").mkdir(parents=True)
-    # The stand-in pytest records the environment the suites would see.
     pytest_stub = venv / "bin" / "pytest"
-    pytest_stub.write_text(f'#!/bin/sh\nenv > "{tmp_path}/env"\n')
+    pytest_stub.write_text("#!/bin/sh\nexit 1\n" if suites_fail else f'#!/bin/sh\nenv > "{tmp_path}/env"\n')
     pytest_stub.chmod(0o755)
     cluster_stub = tmp_path / "cluster.sh"
-    cluster_stub.write_text(f'echo "$@" >> "{tmp_path}/cluster-calls"\n')
+    cluster_stub.write_text(f'echo "$1 $MEMWATCH_CLUSTER_ROOT" >> "{tmp_path}/cluster-calls"\n')
     (venv / ".installed").touch()
     os.utime(venv / ".installed", (2**31, 2**31))  # newer than pyproject.toml: no pip install
-    env = {k: v for k, v in os.environ.items() if k not in ("KEEP", "MAKEFLAGS", "MFLAGS")}
-    result = subprocess.run(
-        ["make", "--no-print-directory", "-C", str(ROOT), "e2e-local", "KEEP=1", f"VENV={venv}",
-         f"CLUSTER={cluster_stub}"],
-        env=env, capture_output=True, text=True, timeout=60,
+    base = {k: v for k, v in os.environ.items() if k not in ("KEEP", "MAKEFLAGS", "MFLAGS", "MEMWATCH_CLUSTER_ROOT")}
+    return subprocess.run(
+        ["make", "--no-print-directory", "-C", str(ROOT), "e2e-local", f"VENV={venv}", f"CLUSTER={cluster_stub}",
+         *make_args],
+        env={**base, **(env or {})}, capture_output=True, text=True, timeout=60,
     )
+
+
+def _suites_saw(tmp_path: Path) -> dict[str, str]:
+    return dict(line.split("=", 1) for line in (tmp_path / "env").read_text().splitlines() if "=" in line)
+
+
+def _cluster_calls(tmp_path: Path) -> list[tuple[str, str]]:
+    calls = []
+    for line in (tmp_path / "cluster-calls").read_text().splitlines():
+        verb, _, root = line.partition(" ")
+        calls.append((verb, root))
+    return calls
+
+
+def test_make_e2e_local_passes_keep_to_the_tests_only_as_memwatch_test_keep(tmp_path: Path) -> None:
+    result = _make_e2e_local(tmp_path, "KEEP=1")
     assert result.returncode == 0, result.stdout + result.stderr
-    seen = dict(line.split("=", 1) for line in (tmp_path / "env").read_text().splitlines() if "=" in line)
+    seen = _suites_saw(tmp_path)
     assert seen.get("MEMWATCH_TEST_KEEP") == "1"
     assert "KEEP" not in seen
     # KEEP=1 keeps the cluster: `up` and `images`, no `down`.
-    assert (tmp_path / "cluster-calls").read_text().split() == ["up", "images"]
+    assert [verb for verb, _ in _cluster_calls(tmp_path)] == ["up", "images"]
 
 
 @pytest.mark.parametrize("how", ["environment", "make variable"])
@@ -82,61 +101,30 @@ def test_make_e2e_local_gives_the_script_and_the_suites_one_cluster_root(tmp_pat
     """hack/local-cluster.sh reads its run dir from MEMWATCH_CLUSTER_ROOT; the suites must look for
     the kubeconfig and the audit log in the same place, whether it was set in the environment or
     as CLUSTER_ROOT=... (they looked in the default one, and found no cluster or someone else's)."""
-    if shutil.which("make") is None:
-        pytest.skip("no make on PATH")
-    venv = tmp_path / "venv"
-    (venv / "bin").mkdir(parents=True)
-    pytest_stub = venv / "bin" / "pytest"
-    pytest_stub.write_text(f'#!/bin/sh\nenv > "{tmp_path}/env"\n')
-    pytest_stub.chmod(0o755)
-    cluster_stub = tmp_path / "cluster.sh"
-    cluster_stub.write_text(f'echo "$1 $MEMWATCH_CLUSTER_ROOT" >> "{tmp_path}/cluster-calls"\n')
-    (venv / ".installed").touch()
-    os.utime(venv / ".installed", (2**31, 2**31))
     root = tmp_path / "elsewhere"
-    env = {k: v for k, v in os.environ.items() if k not in ("KEEP", "MAKEFLAGS", "MFLAGS", "MEMWATCH_CLUSTER_ROOT")}
-    args = ["make", "--no-print-directory", "-C", str(ROOT), "e2e-local", f"VENV={venv}", f"CLUSTER={cluster_stub}"]
     if how == "environment":
-        env["MEMWATCH_CLUSTER_ROOT"] = str(root)
+        result = _make_e2e_local(tmp_path, env={"MEMWATCH_CLUSTER_ROOT": str(root)})
     else:
-        args.append(f"CLUSTER_ROOT={root}")
-    result = subprocess.run(args, env=env, capture_output=True, text=True, timeout=60)
+        result = _make_e2e_local(tmp_path, f"CLUSTER_ROOT={root}")
     assert result.returncode == 0, result.stdout + result.stderr
-    seen = dict(line.split("=", 1) for line in (tmp_path / "env").read_text().splitlines() if "=" in line)
+    seen = _suites_saw(tmp_path)
     assert seen.get("KUBECONFIG") == f"{root}/kubeconfig"
     assert seen.get("MEMWATCH_CLUSTER_ROOT") == str(root)
-    assert (tmp_path / "cluster-calls").read_text().splitlines() == [f"{c} {root}" for c in ("up", "images", "down")]
+    assert _cluster_calls(tmp_path) == [(verb, str(root)) for verb in ("up", "images", "down")]
 
 
 def test_make_e2e_local_keeps_the_cluster_logs_when_the_suites_fail(tmp_path: Path) -> None:
     """A failure on the real cluster must be diagnosable after `down` removed the cluster: the
     recipe copies its logs to a directory it names, then takes the cluster down, and fails."""
-    if shutil.which("make") is None:
-        pytest.skip("no make on PATH")
-    venv = tmp_path / "venv"
-    (venv / "bin").mkdir(parents=True)
-    pytest_stub = venv / "bin" / "pytest"
-    pytest_stub.write_text("#!/bin/sh\nexit 1\n")  # the suites fail
-    pytest_stub.chmod(0o755)
-    cluster_stub = tmp_path / "cluster.sh"
-    cluster_stub.write_text(f'echo "$@" >> "{tmp_path}/cluster-calls"\n')
-    (venv / ".installed").touch()
-    os.utime(venv / ".installed", (2**31, 2**31))
     root = tmp_path / "cluster-root"
     (root / "logs").mkdir(parents=True)
     (root / "logs" / "kubelet.log").write_text("the kubelet's last words\n")
-    env = {k: v for k, v in os.environ.items() if k not in ("KEEP", "MAKEFLAGS", "MFLAGS")}
-    env["TMPDIR"] = str(tmp_path)
-    result = subprocess.run(
-        ["make", "--no-print-directory", "-C", str(ROOT), "e2e-local", f"VENV={venv}",
-         f"CLUSTER={cluster_stub}", f"CLUSTER_ROOT={root}"],
-        env=env, capture_output=True, text=True, timeout=60,
-    )
+    result = _make_e2e_local(tmp_path, f"CLUSTER_ROOT={root}", suites_fail=True, env={"TMPDIR": str(tmp_path)})
     assert result.returncode != 0, "the suites failed: so must the target"
     kept = sorted(tmp_path.glob("memwatch-cluster-logs.*"))
     assert len(kept) == 1 and f"kept in {kept[0]}" in result.stderr, result.stderr
     assert (kept[0] / "kubelet.log").read_text() == "the kubelet's last words\n"
-    assert (tmp_path / "cluster-calls").read_text().split() == ["up", "images", "down"]
+    assert [verb for verb, _ in _cluster_calls(tmp_path)] == ["up", "images", "down"]
 
 
 # --- Memwatch.find ---------------------------------------------------------------------------
