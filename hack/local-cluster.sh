@@ -396,16 +396,17 @@ alive() {
 # start NAME ARGS...: runs $(component_exe NAME) ARGS... in its own session,
 # logging to $LOGS/NAME.log, unless it already runs.
 start() {
-    local name=$1; shift
+    local name=$1 exe; shift
     if alive "$name"; then
         log "$name already running (pid $(component_pid "$name"))"
         return
     fi
     log "starting $name"
-    readlink -f "$(component_exe "$name")" >"$PIDS/$name.exe"
+    exe=$(component_exe "$name")
+    readlink -f "$exe" >"$PIDS/$name.exe"
     # Not a process group leader (no job control here), so setsid execs in
     # place and $! is the component's own pid.
-    setsid nohup "$(component_exe "$name")" "$@" >>"$LOGS/$name.log" 2>&1 </dev/null &
+    setsid nohup "$exe" "$@" >>"$LOGS/$name.log" 2>&1 </dev/null &
     echo $! >"$PIDS/$name.pid"
 }
 
