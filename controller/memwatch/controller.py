@@ -80,7 +80,8 @@ class Controller:
                                  may_write=self._may_write)
         self.sweeper = Sweeper(self.index, self.source, self.enforcer, self.recorder,
                                interval=settings.interval, max_sample_age=settings.max_sample_age,
-                               clock=clock, is_leader=self._may_act, defer=self.agents.defer)
+                               clock=clock, is_leader=self._may_act,
+                               defer=None if self.agents.mode == "none" else self.agents.defer)
         self.started = time.monotonic()
         self.first_sweep: float | None = None
 

@@ -81,7 +81,7 @@ class Sweeper:
     def __init__(self, index: PodIndex, source: UsageSource, enforcer: Enforcer, recorder: Recorder,
                  interval: float = 5.0, max_sample_age: float = 60.0, clock: Clock = SYSTEM,
                  is_leader: Callable[[], bool] = lambda: True,
-                 defer: Callable[[PodRecord], str | None] = lambda record: None) -> None:
+                 defer: Callable[[PodRecord], str | None] | None = None) -> None:
         self.index = index
         self.source = source
         self.enforcer = enforcer
@@ -91,6 +91,7 @@ class Sweeper:
         self.max_sample_age = max_sample_age
         self.clock = clock
         self.is_leader = is_leader
+        #: Why a pod is left to its node's agent (None: the sweep acts); not asked at all without agents.
         self.defer = defer
         st = enforcer.settings
         # A sweep that did not see the pod for three intervals (not leader, usage read failing, the
@@ -154,7 +155,7 @@ class Sweeper:
             if acted_on(uid):
                 lives.mark_done(uid, "already")  # acted on before (a restart, or another component)
                 continue
-            if defer(rec):
+            if defer is not None and defer(rec):
                 report.deferred += 1
                 lives.interrupt(uid)
                 continue
@@ -183,6 +184,7 @@ class Sweeper:
         judged: dict[str, tuple[PodRecord, Usage, bool]] = {}
         reported_missing = self._reported_missing
         OK, CLEARED, ACT = Step.OK, Step.CLEARED, Step.ACT  # locals: read for every pod
+        peek = lives.peek
         for rec in candidates:
             uid = rec.uid
             usage = samples.get(uid)
@@ -207,6 +209,11 @@ class Sweeper:
             assert policy is not None
             if reported_missing:
                 reported_missing.discard(uid)
+            if usage.total <= policy.under_all and peek(uid) is None:
+                # Lifecycle.observe's first answer, inlined (most pods, every sweep): no state under way and
+                # under the lowest of its limits is Step.OK, and nothing is noted.
+                judged[uid] = (rec, usage, True)
+                continue
             step, breach = lives.observe(uid, policy, usage)
             # OK or CLEARED: under every limit, and nothing under way now
             judged[uid] = (rec, usage, step is OK or step is CLEARED)
@@ -279,7 +286,7 @@ class Sweeper:
             if rec is None or rec.terminating:
                 self.lifecycle.result(uid, Outcome("gone"))  # deleted, or being deleted by someone
                 continue
-            if rec.policy is None or self.defer(rec):
+            if rec.policy is None or (self.defer is not None and self.defer(rec)):
                 self.lifecycle.cancel(uid)  # annotations now invalid, or the agent has it
                 continue
             life = self.lifecycle.get(uid)
