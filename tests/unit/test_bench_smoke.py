@@ -18,8 +18,26 @@ import controller_scale  # noqa: E402
 
 def test_sweep_cpu_runs_and_measures_every_case() -> None:
     cpu = controller_scale.sweep_cpu(50, 2)
-    assert set(cpu) >= {"p50", "p99", "cadence_p50", "cadence_p99", "decide_p50", "decode_p50"}
+    assert set(cpu) >= {"p50", "p99", "cadence_p50", "cadence_p99", "decide_p50", "decode_p50",
+                        "agents_p50", "agents_p99", "scan_p50", "scan_p99"}
     assert all(v > 0 for v in cpu.values()), cpu
+
+
+def test_the_agents_baseline_answers_as_memwatch_does() -> None:
+    """The --defer-to-agents row's baseline (0.1's scan) differs from memwatch's set lookup in cost only."""
+    from memwatch.agents import AgentTracker
+    from memwatch.podindex import PodIndex
+    from memwatch.policy import Defaults
+
+    tracker = AgentTracker("all")
+    tracker.replace([controller_scale._agent_pod(i) for i in range(3)] + [
+        {**controller_scale._agent_pod(9), "spec": {"nodeName": "node-7"}}], lambda pod: True)
+    index = PodIndex(Defaults(), lambda pod: None)
+    index.replace((controller_scale._raw_pod(i) for i in range(100)), lambda rec: True)
+    scan = controller_scale._ScanningAgents(tracker.nodes())
+    answers = [(tracker.defer(r), scan.defer(r)) for r in index.snapshot()]
+    assert all(ours == theirs for ours, theirs in answers)
+    assert sum(1 for ours, _ in answers if ours) == 2  # the pods on node-7 (7 and 57) are left to its agent
 
 
 def test_the_sweep_figures_are_measured_after_the_heap_stops_growing() -> None:
