@@ -251,7 +251,7 @@ def _agent_pod(i: int) -> dict[str, Any]:
 
 
 class _ScanningAgents:
-    """The baseline: how 0.1's AgentTracker answered the sweep's question for each pod, a scan of
+    """The baseline: how AgentTracker answered from 2026-12-01 to 12-04 the sweep's question for each pod, a scan of
     every agent's node under a lock (pods x agents comparisons a sweep)."""
 
     def __init__(self, nodes: Any) -> None:
@@ -268,7 +268,7 @@ class _ScanningAgents:
 
 def sweep_cpu(n: int, sweeps: int) -> dict[str, float]:
     """CPU per sweep_once over ``n`` watched pods: with the metrics-api parse, and decide-only; and
-    with AGENTS node agents (--defer-to-agents all) against 0.1's scan of them."""
+    with AGENTS node agents (--defer-to-agents all) against the scan of them it replaced."""
     from memwatch.agents import AgentTracker
     from memwatch.enforcer import Enforcer, EnforcerSettings
     from memwatch.observability import Metrics, Recorder
@@ -322,7 +322,7 @@ def sweep_cpu(n: int, sweeps: int) -> dict[str, float]:
     cadence = measure(MetricsApiSource(_BodyKube(metrics, 3, reads)))  # type: ignore[arg-type]
     decide = measure(Prebuilt())
     # --defer-to-agents all, with AGENTS Ready agents on nodes other than the pods' (the worst case: every
-    # pod is asked, none is left to an agent, every one is judged), against 0.1's answer, a scan of the
+    # pod is asked, none is left to an agent, every one is judged), against the answer it replaced, a scan of the
     # agents under a lock for every pod (_ScanningAgents).
     tracker = AgentTracker("all")
     tracker.replace((_agent_pod(i) for i in range(AGENTS)), lambda pod: True)
@@ -462,12 +462,13 @@ def row4_sweep(ctx: Context) -> list[Row]:
         f"new, p50 / p99 of {sweeps}",
         f"{cpu['agents_p50'] * 1000:.1f} / {cpu['agents_p99'] * 1000:.1f} ms (without agents "
         f"{cpu['p50'] * 1000:.1f} / {cpu['p99'] * 1000:.1f} ms)",
-        f"{cpu['scan_p50'] * 1000:.1f} / {cpu['scan_p99'] * 1000:.1f} ms (0.1's scan of every agent per pod)",
+        f"{cpu['scan_p50'] * 1000:.1f} / {cpu['scan_p99'] * 1000:.1f} ms "
+        "(a scan of every agent per pod, as until 2026-12-04)",
         ratio(cpu["agents_p50"], cpu["scan_p50"]), "≤ 50 ms per sweep", met(cpu["agents_p99"] <= 0.050),
         note=f"Every pod is asked whether its node's agent has it, and none is (the {AGENTS} agents run on "
              "other nodes), so every pod is still judged: the question's whole cost, on top of the row above. "
-             "memwatch answers it with one set lookup (memwatch.agents.AgentTracker); the baseline is how 0.1 "
-             "answered, a scan of every agent's node under a lock (pods x agents comparisons)."))
+             "memwatch answers it with one set lookup (memwatch.agents.AgentTracker); the baseline is how it "
+             "answered until 2026-12-04, a scan of every agent's node under a lock (pods x agents comparisons)."))
     return rows
 
 
