@@ -251,8 +251,8 @@ def _agent_pod(i: int) -> dict[str, Any]:
 
 
 class _ScanningAgents:
-    """The baseline: how AgentTracker answered from 2026-12-01 to 12-04 the sweep's question for each pod, a scan of
-    every agent's node under a lock (pods x agents comparisons a sweep)."""
+    """The baseline: AgentTracker.defer as it was from 2026-12-01 to 12-04, a scan of every agent's node
+    under a lock for each pod (pods x agents comparisons a sweep). Same answers, other cost."""
 
     def __init__(self, nodes: Any) -> None:
         self._nodes = {f"uid-{i}": node for i, node in enumerate(nodes)}
@@ -322,8 +322,8 @@ def sweep_cpu(n: int, sweeps: int) -> dict[str, float]:
     cadence = measure(MetricsApiSource(_BodyKube(metrics, 3, reads)))  # type: ignore[arg-type]
     decide = measure(Prebuilt())
     # --defer-to-agents all, with AGENTS Ready agents on nodes other than the pods' (the worst case: every
-    # pod is asked, none is left to an agent, every one is judged), against the answer it replaced, a scan of the
-    # agents under a lock for every pod (_ScanningAgents).
+    # pod is asked, none is left to an agent, every one is judged), against the scan it replaced
+    # (_ScanningAgents).
     tracker = AgentTracker("all")
     tracker.replace((_agent_pod(i) for i in range(AGENTS)), lambda pod: True)
     assert len(tracker) == AGENTS and not any(tracker.defer(r) for r in index.snapshot())

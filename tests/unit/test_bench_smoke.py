@@ -24,7 +24,7 @@ def test_sweep_cpu_runs_and_measures_every_case() -> None:
 
 
 def test_the_agents_baseline_answers_as_memwatch_does() -> None:
-    """The --defer-to-agents row's baseline (the scan it replaced) differs from memwatch's set lookup in cost only."""
+    """The --defer-to-agents row's baseline (the scan it replaced) answers as memwatch's set lookup does."""
     from memwatch.agents import AgentTracker
     from memwatch.podindex import PodIndex
     from memwatch.policy import Defaults
